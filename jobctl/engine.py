@@ -1,0 +1,97 @@
+"""The engine interface: inputs and outputs of the few activities every engine implements.
+
+The workflow only ever calls acquire, submit, observe and stop, with these models; the activities pick
+the engine (Flink, Dataflow) from the Job spec. So the workflow never branches on the engine.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from jobctl.models import JobMetadata, JobSpec, Model
+from jobctl.states import EnginePhase
+
+
+class AcquireInput(Model):
+    job_id: str
+    spec: JobSpec
+
+
+class Grant(Model):
+    """What the Deployment Target granted the Job."""
+
+    target: str
+    slots: int
+    message: str
+
+
+class SubmitInput(Model):
+    metadata: JobMetadata
+    spec: JobSpec
+
+
+class Submission(Model):
+    engine_job_id: str
+    engine_ui_url: str | None = None
+    # True when a retried or repeated submit found the engine job already there and took it over.
+    adopted: bool = False
+
+
+class Observation(Model):
+    """One look at the engine job. `phase` is the engine-neutral reading of `engine_status`."""
+
+    engine_job_id: str
+    phase: EnginePhase
+    # The engine's own word for the job's status, or UNKNOWN when the engine API could not be read.
+    engine_status: str
+    restarts: int | None = None
+    failure_message: str | None = None
+    # Why the engine could not be read, while phase is UNKNOWN.
+    unreachable_reason: str | None = None
+    observed_at: datetime
+    # Engine-specific observed fields (Dataflow job type, current state time, replace links, ...).
+    details: dict[str, str | None] = Field(default_factory=dict)
+
+    def differs_from(self, other: Observation | None) -> bool:
+        """True if this observation is news for the Job's status (timestamps alone are not)."""
+        if other is None:
+            return True
+        keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "details")
+        return any(getattr(self, k) != getattr(other, k) for k in keys)
+
+
+class ObserveInput(Model):
+    metadata: JobMetadata
+    spec: JobSpec
+    engine_job_id: str
+    # The last observation the workflow holds: the activity returns as soon as what it sees differs.
+    last: Observation | None = None
+    poll_interval_seconds: float = 2.0
+    # Return even without news after this long, so the workflow's lastUpdateTime moves on.
+    max_wait_seconds: float = 3600.0
+
+
+class StopMode(StrEnum):
+    CANCEL = "CANCEL"  # stop now, no savepoint
+    DRAIN = "DRAIN"  # stop with a savepoint after draining all in-flight data (end of stream)
+    SUSPEND = "SUSPEND"  # stop with a savepoint, no drain: the state a successor resumes from
+
+
+class StopInput(Model):
+    metadata: JobMetadata
+    spec: JobSpec
+    engine_job_id: str
+    mode: StopMode
+    # How long a savepoint may take before the stop falls back to a cancel (DRAIN) or gives up (SUSPEND).
+    savepoint_timeout_seconds: float = 600.0
+
+
+class StopResult(Model):
+    engine_status: str
+    savepoint_location: str | None = None
+    # True when the savepoint did not complete in time and the job was cancelled instead.
+    cancelled_instead: bool = False
+    message: str
