@@ -14,6 +14,12 @@ from pydantic import Field
 from jobctl.models import JobMetadata, JobSpec, Model
 from jobctl.states import EnginePhase
 
+# Activity names: the workflow calls activities by name, so workflow code never imports engine clients.
+ACQUIRE = "acquire_deployment_target"
+SUBMIT = "submit_job"
+OBSERVE = "observe_job"
+STOP = "stop_job"
+
 
 class AcquireInput(Model):
     job_id: str
@@ -52,14 +58,16 @@ class Observation(Model):
     # Why the engine could not be read, while phase is UNKNOWN.
     unreachable_reason: str | None = None
     observed_at: datetime
-    # Engine-specific observed fields (Dataflow job type, current state time, replace links, ...).
-    details: dict[str, str | None] = Field(default_factory=dict)
+    # The engine's own observed fields for `status.started`, keyed by their JSON names
+    # (Flink: flinkJobId, observedFlinkJobStatus, observedFlinkJobRestarts; Dataflow: dataflowJobId,
+    # observedDataflowJobState, ...). The workflow merges them without knowing which engine it is.
+    started_fields: dict[str, str | int | None] = Field(default_factory=dict)
 
     def differs_from(self, other: Observation | None) -> bool:
         """True if this observation is news for the Job's status (timestamps alone are not)."""
         if other is None:
             return True
-        keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "details")
+        keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "started_fields")
         return any(getattr(self, k) != getattr(other, k) for k in keys)
 
 
@@ -69,7 +77,6 @@ class ObserveInput(Model):
     engine_job_id: str
     # The last observation the workflow holds: the activity returns as soon as what it sees differs.
     last: Observation | None = None
-    poll_interval_seconds: float = 2.0
     # Return even without news after this long, so the workflow's lastUpdateTime moves on.
     max_wait_seconds: float = 3600.0
 
@@ -83,10 +90,12 @@ class StopMode(StrEnum):
 class StopInput(Model):
     metadata: JobMetadata
     spec: JobSpec
-    engine_job_id: str
+    # None while the submit's answer is not known (a cancel during STARTING): the engine then looks the
+    # job up by the Job's own identity, so nothing submitted is left behind.
+    engine_job_id: str | None = None
     mode: StopMode
     # How long a savepoint may take before the stop falls back to a cancel (DRAIN) or gives up (SUSPEND).
-    savepoint_timeout_seconds: float = 600.0
+    savepoint_timeout_seconds: int = 600
 
 
 class StopResult(Model):
@@ -95,3 +104,5 @@ class StopResult(Model):
     # True when the savepoint did not complete in time and the job was cancelled instead.
     cancelled_instead: bool = False
     message: str
+    # The engine's observed fields after the stop, merged into status.started (see Observation).
+    started_fields: dict[str, str | int | None] = Field(default_factory=dict)

@@ -79,14 +79,16 @@ class JobSpec(Input):
     # Dataflow: the target's project and region are used unless the spec names its own.
     project: str | None = None
     region: str | None = None
+    # How long a savepoint (drain, update) may take before jobctl gives up on it: a drain then cancels
+    # the engine job instead and says so; an update is not carried out and the job keeps running.
+    savepoint_timeout_seconds: int = Field(default=600, ge=1, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
     def _artifact_fits_engine(self) -> JobSpec:
         allowed = _ARTIFACTS_BY_ENGINE[self.engine]
         if self.artifact.kind not in allowed:
             raise ValueError(
-                f"engine {self.engine} runs artifacts of kind {' or '.join(allowed)}, "
-                f"not {self.artifact.kind}"
+                f"engine {self.engine} runs artifacts of kind {' or '.join(allowed)}, not {self.artifact.kind}"
             )
         return self
 
@@ -213,6 +215,8 @@ class CancelRequest(Input):
 
 class DrainRequest(Input):
     reason: str | None = Field(default=None, max_length=2000)
+    # Overrides spec.savepointTimeoutSeconds for this drain.
+    savepoint_timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 
 class UpdateRequest(Input):

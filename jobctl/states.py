@@ -26,9 +26,7 @@ TERMINAL: frozenset[JobState] = frozenset({JobState.TERMINATED, JobState.FAILED,
 # from -> the states it may go to. Everything else is illegal.
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     # A short bounded job can finish before it was ever seen running, hence STARTING -> FINISHED.
-    JobState.STARTING: frozenset(
-        {JobState.STARTED, JobState.TERMINATING, JobState.FAILED, JobState.FINISHED}
-    ),
+    JobState.STARTING: frozenset({JobState.STARTED, JobState.TERMINATING, JobState.FAILED, JobState.FINISHED}),
     JobState.STARTED: frozenset({JobState.TERMINATING, JobState.FAILED, JobState.FINISHED}),
     # A stop that goes wrong (the engine job fails while stopping) ends FAILED, never silently TERMINATED.
     JobState.TERMINATING: frozenset({JobState.TERMINATED, JobState.FAILED}),

@@ -1,0 +1,411 @@
+"""Flink engine: acquire, submit, observe and stop Flink jobs on a session cluster through its REST API.
+
+Every call has a timeout; retries are Temporal's (an exception here fails the attempt, Temporal retries
+it). Errors that retrying cannot fix are non-retryable ApplicationErrors with a type the workflow shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from jobctl.engine import Grant, Observation, ObserveInput, StopInput, StopMode, StopResult, Submission, SubmitInput
+from jobctl.models import JobMetadata, JobSpec
+from jobctl.states import EnginePhase, flink_phase
+from jobctl.targets import FlinkSessionTarget
+
+GLOBALLY_TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
+UNKNOWN = "UNKNOWN"
+
+
+class FlinkUnreachable(Exception):
+    """The Flink REST API could not be read (connection refused, timeout, 5xx)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _flink_job_id(metadata: JobMetadata, engine_job_id: str | None = None) -> str:
+    return engine_job_id or metadata.engine_job_id
+
+
+class FlinkEngine:
+    def __init__(self, http: httpx.AsyncClient, poll_interval: float = 2.0) -> None:
+        self._http = http
+        self._poll_interval = poll_interval
+
+    # --- REST helpers ------------------------------------------------------------------------------
+
+    async def _call(self, target: FlinkSessionTarget, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = f"{target.base_url}{path}"
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as err:
+            raise FlinkUnreachable(
+                f"Flink REST API of Deployment Target {target.name} ({target.base_url}) did not answer "
+                f"{method} {path}: {type(err).__name__}: {err}"
+            ) from err
+        if response.status_code >= 500 and response.status_code not in (500,):
+            raise FlinkUnreachable(
+                f"Flink REST API of Deployment Target {target.name} answered {method} {path} "
+                f"with {response.status_code}"
+            )
+        return response
+
+    async def _job(self, target: FlinkSessionTarget, jid: str) -> dict[str, Any] | None:
+        """GET /jobs/{jid}: the job's details, None if Flink does not know it."""
+        response = await self._call(target, "GET", f"/jobs/{jid}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise FlinkUnreachable(
+                f"Flink REST API of Deployment Target {target.name} answered GET /jobs/{jid} with "
+                f"{response.status_code}: {_errors(response)}"
+            )
+        return response.json()
+
+    async def _restarts(self, target: FlinkSessionTarget, jid: str) -> int | None:
+        response = await self._call(target, "GET", f"/jobs/{jid}/metrics", params={"get": "numRestarts"})
+        if response.status_code != 200:
+            return None
+        for metric in response.json():
+            if metric.get("id") == "numRestarts":
+                try:
+                    return int(float(metric["value"]))
+                except (KeyError, ValueError):
+                    return None
+        return None
+
+    async def _root_cause(self, target: FlinkSessionTarget, jid: str) -> str | None:
+        response = await self._call(target, "GET", f"/jobs/{jid}/exceptions", params={"maxExceptions": 1})
+        if response.status_code != 200:
+            return None
+        body = response.json()
+        trace = body.get("root-exception")
+        entries = (body.get("exceptionHistory") or {}).get("entries") or []
+        if not trace and entries:
+            trace = entries[0].get("stacktrace") or entries[0].get("exceptionName")
+        return summarize_trace(trace) if trace else None
+
+    # --- acquire ---------------------------------------------------------------------------------
+
+    async def acquire(self, job_id: str, spec: JobSpec, target: FlinkSessionTarget) -> Grant:
+        if spec.parallelism > target.slots:
+            raise ApplicationError(
+                f"Job {job_id} needs {spec.parallelism} slots but Deployment Target {target.name} has only "
+                f"{target.slots}; lower spec.parallelism or pick a bigger target",
+                type="InvalidSpec",
+                non_retryable=True,
+            )
+        try:
+            response = await self._call(target, "GET", "/overview")
+        except FlinkUnreachable as err:
+            raise ApplicationError(str(err), type="EngineUnreachable") from err
+        overview = response.json()
+        free = int(overview.get("slots-available", 0))
+        if free < spec.parallelism:
+            # Retryable: Temporal tries again (with backoff) until enough slots are free.
+            raise ApplicationError(
+                f"waiting for {spec.parallelism} slot(s) on Deployment Target {target.name}: {free} free of "
+                f"{overview.get('slots-total')}",
+                type="NoCapacity",
+            )
+        return Grant(
+            target=target.name,
+            slots=spec.parallelism,
+            message=f"{spec.parallelism} slot(s) free on {target.name} ({free} of {overview.get('slots-total')})",
+        )
+
+    # --- submit ----------------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitInput, target: FlinkSessionTarget) -> Submission:
+        metadata, spec = request.metadata, request.spec
+        jid = _flink_job_id(metadata)
+        ui = f"{target.ui_url}/#/job/running/{jid}/overview"
+        # The Flink job id is fixed up front, so a retried submit finds the job it already created.
+        if await self._job(target, jid) is not None:
+            return Submission(engine_job_id=jid, engine_ui_url=ui, adopted=True)
+
+        jar_path = _local_jar(spec, metadata)
+        jar_id = await self._upload(target, jar_path, metadata)
+        try:
+            artifact = spec.artifact
+            body: dict[str, Any] = {
+                "entryClass": getattr(artifact, "entry_class", None),
+                "programArgsList": list(getattr(artifact, "main_args", [])),
+                "parallelism": spec.parallelism,
+                "jobId": jid,
+                "flinkConfiguration": dict(spec.flink_configuration),
+            }
+            if spec.restore_from_savepoint:
+                body["savepointPath"] = spec.restore_from_savepoint
+                body["allowNonRestoredState"] = False
+            activity.heartbeat("running jar")
+            response = await self._call(target, "POST", f"/jars/{jar_id}/run", json=body, timeout=120)
+        finally:
+            await self._delete_jar(target, jar_id)
+        if response.status_code == 200:
+            return Submission(engine_job_id=response.json().get("jobid", jid), engine_ui_url=ui)
+        # The run may have reached Flink before it failed (a duplicate id, or a timeout on our side).
+        if await self._job(target, jid) is not None:
+            return Submission(engine_job_id=jid, engine_ui_url=ui, adopted=True)
+        raise ApplicationError(
+            f"Flink on Deployment Target {target.name} refused to run Job {metadata.id}: {_errors(response)}; "
+            "fix the artifact (jar, entryClass, mainArgs) or the savepoint and start the Job again",
+            type="SubmitRejected",
+            non_retryable=True,
+        )
+
+    async def _upload(self, target: FlinkSessionTarget, jar_path: Path, metadata: JobMetadata) -> str:
+        with jar_path.open("rb") as jar:
+            files = {"jarfile": (jar_path.name, jar, "application/x-java-archive")}
+            response = await self._call(target, "POST", "/jars/upload", files=files, timeout=120)
+        if response.status_code != 200:
+            raise ApplicationError(
+                f"Flink on Deployment Target {target.name} refused the jar {jar_path} of Job {metadata.id}: "
+                f"{_errors(response)}",
+                type="SubmitRejected",
+                non_retryable=response.status_code < 500,
+            )
+        return response.json()["filename"].rsplit("/", 1)[-1]
+
+    async def _delete_jar(self, target: FlinkSessionTarget, jar_id: str) -> None:
+        # The uploaded copy is not needed once the job was submitted; leaving it would fill the disk.
+        try:
+            await self._call(target, "DELETE", f"/jars/{jar_id}")
+        except FlinkUnreachable:
+            activity.logger.warning("could not delete uploaded jar %s from %s", jar_id, target.name)
+
+    # --- observe ---------------------------------------------------------------------------------
+
+    async def look(self, target: FlinkSessionTarget, jid: str, last: Observation | None) -> Observation:
+        """One observation of the Flink job. An unreachable API gives UNKNOWN, never FAILED."""
+        last_restarts = last.restarts if last else None
+        try:
+            details = await self._job(target, jid)
+            if details is None:
+                return _observation(
+                    jid,
+                    UNKNOWN,
+                    last_restarts,
+                    unreachable=f"Flink on Deployment Target {target.name} does not know job {jid} "
+                    "(was the cluster restarted without high availability?)",
+                )
+            status = str(details.get("state", UNKNOWN))
+            restarts = await self._restarts(target, jid)
+            failure = await self._root_cause(target, jid) if status == "FAILED" else None
+        except FlinkUnreachable as err:
+            return _observation(jid, UNKNOWN, last_restarts, unreachable=str(err))
+        return _observation(jid, status, restarts if restarts is not None else last_restarts, failure=failure)
+
+    async def observe(self, request: ObserveInput, target: FlinkSessionTarget) -> Observation:
+        deadline = time.monotonic() + request.max_wait_seconds
+        while True:
+            obs = await self.look(target, request.engine_job_id, request.last)
+            if obs.differs_from(request.last) or time.monotonic() >= deadline:
+                return obs
+            activity.heartbeat(obs.engine_status)
+            await asyncio.sleep(self._poll_interval)
+
+    # --- stop ------------------------------------------------------------------------------------
+
+    async def stop(self, request: StopInput, target: FlinkSessionTarget) -> StopResult:
+        jid = _flink_job_id(request.metadata, request.engine_job_id)
+        if request.mode is StopMode.CANCEL:
+            return await self._cancel(target, jid, "cancelled")
+        return await self._stop_with_savepoint(request, target, jid)
+
+    async def _cancel(self, target: FlinkSessionTarget, jid: str, why: str) -> StopResult:
+        response = await self._call(target, "PATCH", f"/jobs/{jid}", params={"mode": "cancel"})
+        if response.status_code == 404:
+            # Never submitted (a cancel during STARTING) or already gone: nothing is left to cancel.
+            return StopResult(
+                engine_status="NOT_FOUND",
+                message=f"Flink has no job {jid} on {target.name}: nothing left to cancel",
+                started_fields={"observedFlinkJobStatus": "NOT_FOUND"},
+            )
+        if response.status_code not in (200, 202, 409):
+            raise FlinkUnreachable(f"cancel of Flink job {jid} answered {response.status_code}: {_errors(response)}")
+        status = await self._wait_terminal(target, jid)
+        return StopResult(
+            engine_status=status,
+            message=f"Flink job {jid} {why}; it ended {status}",
+            started_fields={"observedFlinkJobStatus": status},
+        )
+
+    async def _wait_terminal(self, target: FlinkSessionTarget, jid: str) -> str:
+        while True:
+            details = await self._job(target, jid)
+            status = str(details.get("state")) if details else "NOT_FOUND"
+            if status in GLOBALLY_TERMINAL or details is None:
+                return status
+            activity.heartbeat({"waiting": status})
+            await asyncio.sleep(self._poll_interval)
+
+    async def _stop_with_savepoint(self, request: StopInput, target: FlinkSessionTarget, jid: str) -> StopResult:
+        drain = request.mode is StopMode.DRAIN
+        # A retried attempt resumes the stop it already triggered instead of triggering a second one.
+        previous = activity.info().heartbeat_details
+        state: dict[str, Any] = dict(previous[0]) if previous else {}
+        if "trigger" not in state:
+            body: dict[str, Any] = {"drain": drain}
+            if target.savepoint_dir:
+                body["targetDirectory"] = target.savepoint_dir
+            response = await self._call(target, "POST", f"/jobs/{jid}/stop", json=body)
+            if response.status_code != 202 and response.status_code != 200:
+                details = await self._job(target, jid)
+                status = str(details.get("state")) if details else "NOT_FOUND"
+                if status in GLOBALLY_TERMINAL or details is None:
+                    return StopResult(
+                        engine_status=status,
+                        message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
+                        started_fields={"observedFlinkJobStatus": status},
+                    )
+                raise FlinkUnreachable(f"stop of Flink job {jid} answered {response.status_code}: {_errors(response)}")
+            state = {"trigger": response.json()["request-id"], "since": time.time()}
+            activity.heartbeat(state)
+
+        deadline = state["since"] + request.savepoint_timeout_seconds
+        while True:
+            response = await self._call(target, "GET", f"/jobs/{jid}/savepoints/{state['trigger']}")
+            if response.status_code == 404:
+                # The JobManager forgot the trigger (restarted?): fall back to the job's checkpoint history.
+                break
+            body = response.json()
+            if body.get("status", {}).get("id") == "COMPLETED":
+                operation = body.get("operation") or {}
+                if operation.get("location"):
+                    status = await self._wait_terminal(target, jid)
+                    return StopResult(
+                        engine_status=status,
+                        savepoint_location=operation["location"],
+                        message=f"Flink job {jid} stopped with a savepoint{' after draining' if drain else ''}",
+                        started_fields={"observedFlinkJobStatus": status},
+                    )
+                cause = summarize_trace(str(operation.get("failure-cause", {}).get("stack-trace") or operation))
+                return await self._savepoint_failed(request, target, jid, f"the savepoint failed: {cause}")
+            if drain and time.time() >= deadline:
+                return await self._savepoint_failed(
+                    request,
+                    target,
+                    jid,
+                    f"the savepoint did not complete within {request.savepoint_timeout_seconds}s",
+                )
+            activity.heartbeat(state)
+            await asyncio.sleep(self._poll_interval)
+
+        location = await self._latest_savepoint(target, jid)
+        status = await self._wait_terminal(target, jid) if location else "UNKNOWN"
+        if location:
+            return StopResult(
+                engine_status=status,
+                savepoint_location=location,
+                message=f"Flink job {jid} stopped with a savepoint",
+                started_fields={"observedFlinkJobStatus": status},
+            )
+        return await self._savepoint_failed(request, target, jid, "Flink lost track of the savepoint")
+
+    async def _savepoint_failed(self, request: StopInput, target: FlinkSessionTarget, jid: str, why: str) -> StopResult:
+        # A completed savepoint is never reported as failed: look at the job's own checkpoint history first.
+        location = await self._latest_savepoint(target, jid)
+        details = await self._job(target, jid)
+        status = str(details.get("state")) if details else "NOT_FOUND"
+        if location and (status in GLOBALLY_TERMINAL or details is None):
+            return StopResult(
+                engine_status=status,
+                savepoint_location=location,
+                message=f"Flink job {jid} stopped with a savepoint ({why}, but the savepoint is there)",
+                started_fields={"observedFlinkJobStatus": status},
+            )
+        if request.mode is StopMode.DRAIN:
+            result = await self._cancel(target, jid, f"cancelled instead of drained because {why}")
+            return result.model_copy(
+                update={
+                    "cancelled_instead": True,
+                    "message": f"drain of Flink job {jid} fell back to cancel: {why}",
+                }
+            )
+        return StopResult(
+            engine_status=status,
+            message=f"Flink job {jid} was not stopped: {why}; it keeps running",
+            started_fields={"observedFlinkJobStatus": status},
+        )
+
+    async def _latest_savepoint(self, target: FlinkSessionTarget, jid: str) -> str | None:
+        response = await self._call(target, "GET", f"/jobs/{jid}/checkpoints")
+        if response.status_code != 200:
+            return None
+        latest = (response.json().get("latest") or {}).get("savepoint") or {}
+        return latest.get("external_path") or None
+
+
+def _observation(
+    jid: str,
+    status: str,
+    restarts: int | None,
+    failure: str | None = None,
+    unreachable: str | None = None,
+) -> Observation:
+    return Observation(
+        engine_job_id=jid,
+        phase=flink_phase(status) if status != UNKNOWN else EnginePhase.UNKNOWN,
+        engine_status=status,
+        restarts=restarts,
+        failure_message=failure,
+        unreachable_reason=unreachable,
+        observed_at=_now(),
+        started_fields={
+            "flinkJobId": jid,
+            "observedFlinkJobStatus": status,
+            "observedFlinkJobRestarts": restarts,
+        },
+    )
+
+
+def _local_jar(spec: JobSpec, metadata: JobMetadata) -> Path:
+    uri = getattr(spec.artifact, "jar_uri", "")
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise ApplicationError(
+            f"Job {metadata.id}: jarUri {uri!r} is not supported; use a file:// URI or a path on the worker's machine",
+            type="InvalidArtifact",
+            non_retryable=True,
+        )
+    path = Path(unquote(parsed.path) if parsed.scheme else uri)
+    if not path.is_file():
+        raise ApplicationError(
+            f"Job {metadata.id}: jar {path} does not exist on the worker's machine; "
+            "put it there (or on a volume all workers share) and start the Job again",
+            type="InvalidArtifact",
+            non_retryable=True,
+        )
+    return path
+
+
+def _errors(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors")
+    except ValueError:
+        return response.text[:500]
+    if not errors:
+        return f"HTTP {response.status_code}"
+    return summarize_trace("\n".join(str(e) for e in errors))
+
+
+def summarize_trace(trace: str, limit: int = 1000) -> str:
+    """First line of a Java stack trace plus its deepest 'Caused by', the part a user can act on."""
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    causes = [line for line in lines if line.startswith("Caused by:")]
+    text = lines[0] if not causes else f"{lines[0]} ... {causes[-1]}"
+    return text[:limit]

@@ -1,0 +1,18 @@
+"""Worker and CLI settings from the environment (the Temporal connection itself comes from
+temporalio.envconfig: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, profiles)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOBCTL_", extra="ignore")
+
+    task_queue: str = "jobctl"
+    targets: str = Field(default="targets.yaml", description="path of the Deployment Targets file")
+    # How often a worker looks at each engine job while observing it.
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    # Timeout of one engine API call.
+    engine_timeout_seconds: float = Field(default=30.0, gt=0)

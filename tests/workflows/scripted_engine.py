@@ -1,0 +1,145 @@
+"""Activities replaced for time-skipping workflow tests: a scripted engine with the real activity names.
+
+The test decides what the engine reports (push) and inspects what the workflow asked of it (calls).
+Temporal itself is real (the time-skipping test server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from jobctl import engine
+from jobctl.engine import (
+    AcquireInput,
+    Grant,
+    Observation,
+    ObserveInput,
+    StopInput,
+    StopMode,
+    StopResult,
+    Submission,
+    SubmitInput,
+)
+from jobctl.models import Engine, Job, JobMetadata, JobSpec
+from jobctl.states import EnginePhase, flink_phase
+
+
+def observation(jid: str, status: str, restarts: int | None = 0, failure: str | None = None) -> Observation:
+    phase = EnginePhase.UNKNOWN if status == "UNKNOWN" else flink_phase(status)
+    return Observation(
+        engine_job_id=jid,
+        phase=phase,
+        engine_status=status,
+        restarts=restarts,
+        failure_message=failure,
+        unreachable_reason="connection refused" if status == "UNKNOWN" else None,
+        observed_at=datetime.now(UTC),
+        started_fields={"flinkJobId": jid, "observedFlinkJobStatus": status, "observedFlinkJobRestarts": restarts},
+    )
+
+
+class ScriptedEngine:
+    def __init__(self) -> None:
+        self.engine_jobs: dict[str, str] = {}  # engine job id -> status, what "the engine" holds
+        self.calls: dict[str, list[object]] = defaultdict(list)
+        self.has_capacity = True
+        self.submit_fails_after_creating = 0  # attempts that create the job, then fail (lost answer)
+        self.drain_completes = True
+        self.suspend_completes = True
+        self.drain_gate: asyncio.Event | None = None  # a drain waits for it: holds the Job in TERMINATING
+        self._queues: dict[str, asyncio.Queue[Observation]] = defaultdict(asyncio.Queue)
+
+    def push(self, jid: str, status: str, restarts: int | None = 0, failure: str | None = None) -> None:
+        """Make the engine report `status` for job `jid` at the next observation."""
+        self._queues[jid].put_nowait(observation(jid, status, restarts, failure))
+
+    @activity.defn(name=engine.ACQUIRE)
+    async def acquire(self, request: AcquireInput) -> Grant:
+        self.calls["acquire"].append(request)
+        if not self.has_capacity:
+            raise ApplicationError(f"waiting for slots on {request.spec.deployment_target_name}", type="NoCapacity")
+        if request.spec.deployment_target_name == "nowhere":
+            raise ApplicationError(
+                "Deployment Target 'nowhere' is not declared (known targets: local)",
+                type="DeploymentTargetNotFound",
+                non_retryable=True,
+            )
+        return Grant(target=request.spec.deployment_target_name, slots=request.spec.parallelism, message="granted")
+
+    @activity.defn(name=engine.SUBMIT)
+    async def submit(self, request: SubmitInput) -> Submission:
+        self.calls["submit"].append(request)
+        jid = request.metadata.engine_job_id
+        if jid in self.engine_jobs:
+            return Submission(engine_job_id=jid, adopted=True)
+        self.engine_jobs[jid] = "CREATED"
+        if self.submit_fails_after_creating > 0:
+            self.submit_fails_after_creating -= 1
+            raise RuntimeError("connection reset while reading the submit answer")
+        return Submission(engine_job_id=jid, engine_ui_url=f"http://flink.example/#/job/running/{jid}/overview")
+
+    @activity.defn(name=engine.OBSERVE)
+    async def observe(self, request: ObserveInput) -> Observation:
+        self.calls["observe"].append(request)
+        try:
+            # A long-poll: wait for news; without any, answer with what the workflow already knows.
+            obs = await asyncio.wait_for(self._queues[request.engine_job_id].get(), timeout=0.5)
+        except TimeoutError:
+            return request.last or observation(request.engine_job_id, "CREATED")
+        self.engine_jobs[request.engine_job_id] = obs.engine_status
+        return obs
+
+    @activity.defn(name=engine.STOP)
+    async def stop(self, request: StopInput) -> StopResult:
+        self.calls["stop"].append(request)
+        jid = request.engine_job_id or request.metadata.engine_job_id
+        if jid not in self.engine_jobs:
+            return StopResult(engine_status="NOT_FOUND", message="nothing to cancel")
+        if request.mode is StopMode.CANCEL:
+            self.engine_jobs[jid] = "CANCELED"
+            return StopResult(
+                engine_status="CANCELED", message="cancelled", started_fields={"observedFlinkJobStatus": "CANCELED"}
+            )
+        if request.mode is StopMode.DRAIN and self.drain_gate is not None:
+            await self.drain_gate.wait()
+        completes = self.drain_completes if request.mode is StopMode.DRAIN else self.suspend_completes
+        if not completes:
+            if request.mode is StopMode.DRAIN:
+                self.engine_jobs[jid] = "CANCELED"
+                return StopResult(
+                    engine_status="CANCELED",
+                    cancelled_instead=True,
+                    message=f"the savepoint did not complete within {request.savepoint_timeout_seconds}s",
+                )
+            return StopResult(engine_status="RUNNING", message="the savepoint failed; it keeps running")
+        self.engine_jobs[jid] = "FINISHED"
+        return StopResult(
+            engine_status="FINISHED",
+            savepoint_location=f"file:/tmp/savepoints/savepoint-{jid[:6]}-{len(self.calls['stop'])}",
+            message="stopped with a savepoint",
+            started_fields={"observedFlinkJobStatus": "FINISHED"},
+        )
+
+    def activities(self) -> list[object]:
+        return [self.acquire, self.submit, self.observe, self.stop]
+
+
+def new_job(target: str = "local", **spec: object) -> Job:
+    return Job(
+        metadata=JobMetadata(id=str(uuid.uuid4()), name="orders", deployment_name="orders-deployment"),
+        spec=JobSpec.model_validate(
+            {
+                "engine": Engine.FLINK,
+                "deploymentTargetName": target,
+                "parallelism": 1,
+                "artifact": {"kind": "JAR", "jarUri": "file:///tmp/job.jar", "entryClass": "example.Job"},
+                **spec,
+            }
+        ),
+    )

@@ -1,0 +1,76 @@
+"""The jobctl worker: connects to Temporal, reads the Deployment Targets, runs JobWorkflow and the Job
+activities on the task queue. Stateless: run as many as you like, on as many machines as you like."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+from temporalio.worker import Worker
+
+from activities.job import JobActivities
+from jobctl.settings import Settings
+from jobctl.targets import DeploymentTargets
+from workflows.job import JobWorkflow
+
+log = logging.getLogger("jobctl.worker")
+
+WORKFLOWS: Sequence[type] = (JobWorkflow,)
+
+
+async def connect(settings: Settings | None = None) -> Client:
+    """A Temporal client from the standard environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, profiles)."""
+    config = ClientConfig.load_client_connect_config()
+    config.setdefault("target_host", "localhost:7233")
+    return await Client.connect(**config, data_converter=pydantic_data_converter)
+
+
+def build_worker(client: Client, activities: JobActivities, task_queue: str) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities.all(),
+        # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
+        max_concurrent_activities=2_000,
+    )
+
+
+async def run(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+    settings = settings or Settings()
+    targets = DeploymentTargets.load(settings.targets)
+    client = await connect(settings)
+    activities = JobActivities(targets, settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    worker = build_worker(client, activities, settings.task_queue)
+    log.info(
+        "jobctl worker on task queue %s, namespace %s, targets %s",
+        settings.task_queue,
+        client.namespace,
+        ", ".join(t.name for t in targets.all()) or "none",
+    )
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        await activities.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

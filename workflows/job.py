@@ -1,0 +1,622 @@
+"""JobWorkflow: one durable workflow per Job, from STARTING to a terminal state.
+
+The workflow decides; activities do the I/O (see jobctl/engine.py). It never branches on the engine.
+
+Requests (cancel, drain, update) arrive as signals (fire and forget) or as updates (answered: accepted,
+or rejected with the reason). Both go through the same checks. A signal whose payload is malformed or
+not acceptable in the Job's state is recorded in status.events as rejected, never dropped silently.
+
+Observation is a long-poll: the observe activity returns only when what the engine reports has changed
+(or after a long maximum wait), so history grows with the number of changes, not with elapsed time, and
+the workflow continues as new when Temporal suggests it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+from temporalio import workflow
+from temporalio.common import (
+    RawValue,
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from jobctl import engine
+    from jobctl.engine import (
+        AcquireInput,
+        Observation,
+        ObserveInput,
+        StopInput,
+        StopMode,
+        StopResult,
+        Submission,
+        SubmitInput,
+    )
+    from jobctl.models import (
+        CancelRequest,
+        DrainRequest,
+        Failure,
+        Job,
+        JobEvent,
+        JobLinks,
+        JobMetadata,
+        JobStatus,
+        RequestAnswer,
+        SavepointStatus,
+        StartedStatus,
+        TerminatingStatus,
+        UpdateRequest,
+        workflow_id_for,
+    )
+    from jobctl.states import (
+        EnginePhase,
+        JobState,
+        is_terminal,
+        next_state,
+        transition,
+        unrequested_stop_reason,
+    )
+
+JOB_STATE = SearchAttributeKey.for_keyword("JobState")
+JOB_ENGINE = SearchAttributeKey.for_keyword("JobEngine")
+DEPLOYMENT_TARGET = SearchAttributeKey.for_keyword("DeploymentTarget")
+DEPLOYMENT_NAME = SearchAttributeKey.for_keyword("DeploymentName")
+ENGINE_JOB_ID = SearchAttributeKey.for_keyword("EngineJobId")
+
+MAX_EVENTS = 50
+# Long-poll bound for one observe activity: long enough that a quiet job writes a handful of events a
+# day, short enough that lastUpdateTime is never older than this.
+OBSERVE_MAX_WAIT = timedelta(hours=4)
+# Continue as new well before Temporal's own suggestion (10k+ events), so every run stays small.
+HISTORY_EVENTS_PER_RUN = 2_000
+
+# Temporal retries transient failures; these error types mean retrying cannot help.
+NON_RETRYABLE = ["DeploymentTargetNotFound", "InvalidArtifact", "SubmitRejected", "InvalidSpec"]
+_RETRY_FOREVER = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+
+
+class RequestRejected(Exception):
+    """A request (cancel, drain, update) that cannot be carried out in the Job's current state."""
+
+
+def search_attributes_for(job: Job, state: JobState) -> list[SearchAttributePair[Any]]:
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(JOB_STATE, state.value),
+        SearchAttributePair(JOB_ENGINE, job.spec.engine.value),
+        SearchAttributePair(DEPLOYMENT_TARGET, job.spec.deployment_target_name),
+    ]
+    if job.metadata.deployment_name:
+        pairs.append(SearchAttributePair(DEPLOYMENT_NAME, job.metadata.deployment_name))
+    return pairs
+
+
+@workflow.defn(name="JobWorkflow", failure_exception_types=[pydantic.ValidationError])
+class JobWorkflow:
+    @workflow.init
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        if workflow.info().continued_run_id is None or job.status is None:
+            # A fresh Job: whatever status the caller sent is not the truth, except the link to the Job
+            # it succeeds (set by the predecessor when it starts this one as its update).
+            links = job.status.links if job.status else JobLinks()
+            job.status = JobStatus(state=JobState.STARTING, links=links)
+            job.metadata.created_at = job.metadata.created_at or workflow.now()
+        self._status: JobStatus = job.status
+        # The request being carried out (cancel, drain or update), if any.
+        self._request: TerminatingStatus | None = None
+        self._drain_timeout: int | None = None
+        self._update_spec: UpdateRequest | None = None
+        self._last_observation: Observation | None = None
+        # An unfinished request carried over continue-as-new.
+        if self._status.state is JobState.TERMINATING and self._status.terminating:
+            self._request = self._status.terminating
+
+    # --- the main loop ---------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, job: Job) -> Job:
+        if workflow.info().workflow_id != workflow_id_for(self._job.metadata.id):
+            raise ApplicationError(
+                f"workflow id {workflow.info().workflow_id!r} does not match the Job: a Job with "
+                f"metadata.id {self._job.metadata.id} must run as workflow id "
+                f"{workflow_id_for(self._job.metadata.id)!r}; start it again with that id",
+                type="InvalidSpec",
+                non_retryable=True,
+            )
+        workflow.upsert_search_attributes(
+            [pair.key.value_set(pair.value) for pair in search_attributes_for(self._job, self._status.state)]
+        )
+        if workflow.info().continued_run_id is None:
+            self._event("CREATED", f"Job created for target {self._job.spec.deployment_target_name}")
+        self._publish()
+
+        if self._status.state is JobState.STARTING and self._status.engine_job_id is None:
+            await self._start()
+
+        while not is_terminal(self._status.state):
+            if self._request is not None:
+                await self._carry_out_request()
+                continue
+            await self._observe()
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._request is None:
+                    self._job.status = self._status
+                    workflow.continue_as_new(self._job)
+
+        self._job.metadata.terminated_at = self._job.metadata.terminated_at or workflow.now()
+        if self._status.links.successor_job_id and self._update_spec and self._status.savepoint:
+            await self._start_successor(self._status.links.successor_job_id, self._update_spec)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._job.status = self._status
+        return self._job
+
+    # --- STARTING ----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        spec = self._job.spec
+        self._status.starting_message = (
+            f"acquiring {spec.parallelism} slot(s) on Deployment Target {spec.deployment_target_name}"
+        )
+        self._publish()
+        grant = await self._unless_stopped(
+            workflow.start_activity(
+                engine.ACQUIRE,
+                AcquireInput(job_id=self._job.metadata.id, spec=spec),
+                result_type=engine.Grant,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_RETRY_FOREVER,
+                summary=f"acquire {spec.parallelism} slot(s) on {spec.deployment_target_name}",
+            )
+        )
+        if grant is None:
+            return
+        self._event("RESOURCES_ACQUIRED", grant.message)
+        self._status.starting_message = f"submitting to {spec.deployment_target_name}"
+        self._publish()
+        submission = await self._unless_stopped(
+            workflow.start_activity(
+                engine.SUBMIT,
+                SubmitInput(metadata=self._job.metadata, spec=spec),
+                result_type=Submission,
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=_RETRY_FOREVER,
+                summary=f"submit to {spec.deployment_target_name}",
+            )
+        )
+        if submission is None:
+            return
+        self._status.engine_job_id = submission.engine_job_id
+        self._status.engine_ui_url = submission.engine_ui_url
+        self._status.starting_message = "submitted; waiting for the engine to report the job running"
+        verb = "adopted the existing" if submission.adopted else "submitted"
+        self._event("SUBMITTED", f"{verb} engine job {submission.engine_job_id}")
+        workflow.upsert_search_attributes([ENGINE_JOB_ID.value_set(submission.engine_job_id)])
+        self._publish()
+
+    async def _unless_stopped(self, task: asyncio.Task[Any]) -> Any:
+        """Await a STARTING activity, unless a request to stop arrives first (then cancel it: None).
+
+        An activity that fails for good fails the Job with the activity's own reason.
+        """
+        await workflow.wait_condition(lambda: task.done() or self._request is not None)
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except (ActivityError, CancelledError, asyncio.CancelledError):
+                pass
+            return None
+        try:
+            return task.result()
+        except ActivityError as err:
+            self._fail_from_activity(err)
+            return None
+
+    # --- STARTED: observe ----------------------------------------------------------------------
+
+    async def _observe(self) -> None:
+        assert self._status.engine_job_id is not None
+        task = workflow.start_activity(
+            engine.OBSERVE,
+            ObserveInput(
+                metadata=self._job.metadata,
+                spec=self._job.spec,
+                engine_job_id=self._status.engine_job_id,
+                last=self._last_observation,
+                max_wait_seconds=OBSERVE_MAX_WAIT.total_seconds(),
+            ),
+            result_type=Observation,
+            start_to_close_timeout=OBSERVE_MAX_WAIT + timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY_FOREVER,
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            summary="watch the engine job",
+        )
+        await workflow.wait_condition(lambda: task.done() or self._request is not None)
+        if not task.done():
+            # A request arrived: stop watching and act on it.
+            task.cancel()
+            return
+        try:
+            self._apply(task.result())
+        except ActivityError as err:
+            self._fail_from_activity(err)
+
+    def _apply(self, obs: Observation) -> None:
+        self._last_observation = obs
+        if self._status.state is JobState.STARTING:
+            self._status.starting_message = f"submitted; the engine reports {obs.engine_status}"
+        if self._status.started is not None:
+            self._update_started(obs)
+        nxt = next_state(self._status.state, obs.phase)
+        if nxt is not None:
+            if nxt is JobState.STARTED or self._status.started is None:
+                # Also for a Job that ends straight from STARTING: keep what the engine last reported.
+                self._status.starting_message = None
+                self._status.started = StartedStatus(
+                    transition_time=obs.observed_at if nxt is JobState.STARTED else None
+                )
+                self._update_started(obs)
+            self._set_state(nxt, f"the engine reports {obs.engine_status}")
+            if nxt is JobState.FAILED:
+                stopped = obs.phase is EnginePhase.STOPPED
+                self._status.failure = Failure(
+                    reason="ENGINE_JOB_STOPPED_OUTSIDE_JOBCTL" if stopped else "ENGINE_JOB_FAILED",
+                    message=(
+                        unrequested_stop_reason(obs.engine_status)
+                        if stopped
+                        else obs.failure_message or f"the engine job ended {obs.engine_status}"
+                    ),
+                    failed_at=obs.observed_at,
+                )
+        elif obs.phase is EnginePhase.UNKNOWN:
+            self._event("ENGINE_UNREACHABLE", obs.unreachable_reason or "the engine API did not answer")
+        self._publish()
+
+    def _update_started(self, obs: Observation) -> None:
+        self._merge_started(obs.started_fields, obs.observed_at)
+
+    def _merge_started(self, started_fields: dict[str, Any], when: Any) -> None:
+        """Merge the engine's own observed fields into status.started without knowing the engine."""
+        assert self._status.started is not None
+        fields = self._status.started.model_dump(by_alias=True)
+        fields.update(started_fields)
+        fields["lastUpdateTime"] = when
+        self._status.started = StartedStatus.model_validate(fields)
+
+    # --- requests: cancel, drain, update -----------------------------------------------------------
+
+    async def _carry_out_request(self) -> None:
+        request = self._request
+        assert request is not None
+        if request.request != "UPDATE":
+            self._status.terminating = request
+            if self._status.state is not JobState.TERMINATING:
+                self._set_state(JobState.TERMINATING, f"{request.request.lower()} requested")
+            self._publish()
+        mode = {"CANCEL": StopMode.CANCEL, "DRAIN": StopMode.DRAIN, "UPDATE": StopMode.SUSPEND}[request.request]
+        timeout = self._savepoint_timeout()
+        task = workflow.start_activity(
+            engine.STOP,
+            StopInput(
+                metadata=self._job.metadata,
+                spec=self._job.spec,
+                engine_job_id=self._status.engine_job_id,
+                mode=mode,
+                savepoint_timeout_seconds=timeout,
+            ),
+            result_type=StopResult,
+            start_to_close_timeout=timedelta(seconds=timeout) + timedelta(minutes=10),
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=_RETRY_FOREVER,
+            summary=f"{mode.value.lower()} the engine job",
+        )
+        # A cancel may overtake a drain or an update in progress (a savepoint that hangs must never
+        # leave the job without a way to stop).
+        await workflow.wait_condition(lambda: task.done() or self._request is not request)
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except (ActivityError, CancelledError, asyncio.CancelledError):
+                pass
+            return
+        try:
+            result: StopResult = task.result()
+        except ActivityError as err:
+            self._fail_from_activity(err)
+            return
+        self._finish_request(request, result)
+
+    def _finish_request(self, request: TerminatingStatus, result: StopResult) -> None:
+        if result.savepoint_location:
+            self._status.savepoint = SavepointStatus(
+                location=result.savepoint_location,
+                taken_for="UPDATE" if request.request == "UPDATE" else "DRAIN",
+                completed_at=workflow.now(),
+            )
+            self._event("SAVEPOINT_COMPLETED", f"savepoint at {result.savepoint_location}")
+        if result.cancelled_instead:
+            self._event("DRAIN_FELL_BACK_TO_CANCEL", result.message)
+        if self._status.started is not None:
+            self._merge_started(result.started_fields, workflow.now())
+
+        if request.request == "UPDATE":
+            if result.savepoint_location is None:
+                # The savepoint could not be taken; the engine job was not stopped. Keep it running
+                # on its current spec rather than lose its state.
+                self._event("UPDATE_NOT_CARRIED_OUT", result.message)
+                self._request = None
+                self._update_spec = None
+                self._publish()
+                return
+            self._status.terminating = request
+            self._set_state(JobState.TERMINATING, "update: stopped with a savepoint")
+            successor_id = str(workflow.uuid4())
+            self._status.links.successor_job_id = successor_id
+            self._set_state(JobState.TERMINATED, f"updated; successor Job {successor_id}")
+            self._request = None
+            self._publish()
+            return
+
+        phase = {"FINISHED": EnginePhase.FINISHED, "FAILED": EnginePhase.FAILED}.get(
+            result.engine_status, EnginePhase.STOPPED
+        )
+        nxt = next_state(JobState.TERMINATING, phase) or JobState.TERMINATED
+        if nxt is JobState.FAILED:
+            self._status.failure = Failure(
+                reason="ENGINE_JOB_FAILED_WHILE_STOPPING", message=result.message, failed_at=workflow.now()
+            )
+        self._set_state(nxt, result.message)
+        self._request = None
+        self._publish()
+
+    async def _start_successor(self, successor_id: str, request: UpdateRequest) -> None:
+        assert self._status.savepoint is not None
+        successor = successor_of(self._job, request, successor_id, self._status.savepoint.location)
+        # ABANDON: the successor outlives this Job, which ends as soon as the successor has started.
+        await workflow.start_child_workflow(
+            JobWorkflow.run,
+            successor,
+            id=successor.workflow_id,
+            task_queue=workflow.info().task_queue,
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            search_attributes=TypedSearchAttributes(search_attributes_for(successor, JobState.STARTING)),
+            static_summary=f"Job {successor.metadata.name or successor_id} (update of {self._job.metadata.id})",
+        )
+        self._event(
+            "SUCCESSOR_STARTED",
+            f"successor Job {successor_id} restores from {successor.spec.restore_from_savepoint}",
+        )
+        self._publish()
+
+    def _savepoint_timeout(self) -> int:
+        return self._drain_timeout or self._job.spec.savepoint_timeout_seconds
+
+    def _check(self, kind: str) -> None:
+        """Raise RequestRejected if a `kind` request cannot be carried out now. Shared by signals,
+        update validators and update handlers, so all three always agree."""
+        state = self._status.state
+        job_id = self._job.metadata.id
+        if is_terminal(state):
+            raise RequestRejected(f"Job {job_id} is {state}: there is nothing left to {kind.lower()}")
+        current = self._request
+        if kind == "CANCEL":
+            return  # cancel is always possible: it also overtakes a drain or update in progress
+        if current is not None:
+            raise RequestRejected(
+                f"Job {job_id} is already carrying out a {current.request.lower()} request; "
+                "wait for it to end, or cancel the Job"
+            )
+        if state is not JobState.STARTED:
+            raise RequestRejected(
+                f"Job {job_id} is {state}: a {kind.lower()} needs a running engine job to take a "
+                "savepoint from; wait until the Job is STARTED, or cancel it"
+            )
+
+    def _accept(self, kind: str, reason: str | None) -> str:
+        self._check(kind)
+        if self._request is not None and self._request.request == "CANCEL":
+            return f"Job {self._job.metadata.id} is already being cancelled"
+        self._request = TerminatingStatus(request=kind, reason=reason, requested_at=workflow.now())  # type: ignore[arg-type]
+        self._event(f"{kind}_REQUESTED", reason or f"{kind.lower()} requested")
+        self._publish()
+        return f"{kind.lower()} accepted for Job {self._job.metadata.id}"
+
+    def _answer(self, kind: str, reason: str | None) -> RequestAnswer:
+        try:
+            message = self._accept(kind, reason)
+        except RequestRejected as err:
+            raise ApplicationError(str(err), type="RequestRejected", non_retryable=True) from None
+        return RequestAnswer(job_id=self._job.metadata.id, accepted=True, state=self._status.state, message=message)
+
+    def _validate(self, kind: str) -> None:
+        try:
+            self._check(kind)
+        except RequestRejected as err:
+            raise ApplicationError(str(err), type="RequestRejected", non_retryable=True) from None
+
+    # Signals take the raw payload and validate it here, so a malformed one is recorded as rejected
+    # instead of being dropped by the SDK with nothing but a worker log line.
+    def _decode(self, kind: str, raw: RawValue, model: type[pydantic.BaseModel]) -> Any:
+        try:
+            return workflow.payload_converter().from_payload(raw.payload, model)
+        except Exception as err:  # the converter wraps pydantic's ValidationError in various ways
+            detail = str(err).splitlines()
+            self._reject(kind, f"malformed {kind.lower()} payload: {' '.join(detail)[:500]}")
+            return None
+
+    def _reject(self, kind: str, why: str) -> None:
+        self._event("REQUEST_REJECTED", f"{kind.lower()} signal rejected: {why}")
+        self._publish()
+
+    @workflow.signal(name="cancel", description="Cancel the Job: stop the engine job now, no savepoint.")
+    def cancel_signal(self, raw: RawValue) -> None:
+        request = self._decode("CANCEL", raw, CancelRequest)
+        if request is not None:
+            self._signal("CANCEL", request.reason)
+
+    @workflow.signal(name="drain", description="Drain the Job: stop with a savepoint after draining.")
+    def drain_signal(self, raw: RawValue) -> None:
+        request = self._decode("DRAIN", raw, DrainRequest)
+        if request is not None and self._signal("DRAIN", request.reason):
+            self._drain_timeout = request.savepoint_timeout_seconds
+
+    @workflow.signal(name="update", description="Update the Job: savepoint, then a successor with the new spec.")
+    def update_signal(self, raw: RawValue) -> None:
+        request = self._decode("UPDATE", raw, UpdateRequest)
+        if request is not None and self._update_spec_fits(request) and self._signal("UPDATE", request.reason):
+            self._update_spec = request
+
+    def _signal(self, kind: str, reason: str | None) -> bool:
+        try:
+            self._accept(kind, reason)
+            return True
+        except RequestRejected as err:
+            self._reject(kind, str(err))
+            return False
+
+    def _update_spec_fits(self, request: UpdateRequest) -> bool:
+        try:
+            self._check_update_spec(request)
+            return True
+        except RequestRejected as err:
+            self._reject("UPDATE", str(err))
+            return False
+
+    def _check_update_spec(self, request: UpdateRequest) -> None:
+        if request.spec.engine != self._job.spec.engine:
+            raise RequestRejected(
+                f"an update cannot change the engine ({self._job.spec.engine} -> {request.spec.engine}); "
+                "start a new Job instead"
+            )
+
+    @workflow.update(name="cancel", description="Cancel the Job and get an answer.")
+    def cancel_update(self, request: CancelRequest) -> RequestAnswer:
+        return self._answer("CANCEL", request.reason)
+
+    @cancel_update.validator
+    def _validate_cancel(self, request: CancelRequest) -> None:
+        self._validate("CANCEL")
+
+    @workflow.update(name="drain", description="Drain the Job and get an answer.")
+    def drain_update(self, request: DrainRequest) -> RequestAnswer:
+        answer = self._answer("DRAIN", request.reason)
+        self._drain_timeout = request.savepoint_timeout_seconds
+        return answer
+
+    @drain_update.validator
+    def _validate_drain(self, request: DrainRequest) -> None:
+        self._validate("DRAIN")
+
+    @workflow.update(name="update", description="Update the Job to a new spec and get an answer.")
+    def update_update(self, request: UpdateRequest) -> RequestAnswer:
+        answer = self._answer("UPDATE", request.reason)
+        self._update_spec = request
+        return answer
+
+    @update_update.validator
+    def _validate_update(self, request: UpdateRequest) -> None:
+        self._validate("UPDATE")
+        try:
+            self._check_update_spec(request)
+        except RequestRejected as err:
+            raise ApplicationError(str(err), type="RequestRejected", non_retryable=True) from None
+
+    # --- queries -------------------------------------------------------------------------------
+
+    @workflow.query(name="status", description="The Job's Ververica-shaped status.")
+    def status(self) -> JobStatus:
+        return self._status
+
+    @workflow.query(name="job", description="The whole Job resource: metadata, spec and status.")
+    def job(self) -> Job:
+        return self._job.model_copy(update={"status": self._status})
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _set_state(self, dst: JobState, why: str) -> None:
+        src = self._status.state
+        self._status.state = transition(src, dst)  # raises on anything the state machine forbids
+        self._event("STATE_CHANGED", f"{src} -> {dst}: {why}")
+        workflow.upsert_search_attributes([JOB_STATE.value_set(dst.value)])
+
+    def _fail_from_activity(self, err: ActivityError) -> None:
+        cause = err.cause
+        reason = cause.type if isinstance(cause, ApplicationError) and cause.type else "ACTIVITY_FAILED"
+        message = str(cause) if cause else str(err)
+        self._status.failure = Failure(reason=reason, message=message, failed_at=workflow.now())
+        self._set_state(JobState.FAILED, message)
+        self._request = None
+        self._publish()
+
+    def _event(self, kind: str, message: str) -> None:
+        self._status.events.append(JobEvent(time=workflow.now(), kind=kind, message=message))
+        del self._status.events[:-MAX_EVENTS]
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_EVENTS_PER_RUN
+
+    def _publish(self) -> None:
+        """Refresh what the web UI shows: the current details (Markdown)."""
+        s = self._status
+        meta = self._job.metadata
+        lines = [f"## {s.state} · {meta.name or meta.id}"]
+        lines.append(
+            f"Engine **{self._job.spec.engine}** on Deployment Target **{self._job.spec.deployment_target_name}**"
+            + (f" · deployment **{meta.deployment_name}**" if meta.deployment_name else "")
+        )
+        if s.engine_job_id:
+            link = f"[{s.engine_job_id}]({s.engine_ui_url})" if s.engine_ui_url else s.engine_job_id
+            lines.append(f"Engine job: {link}")
+        if s.starting_message and s.state is JobState.STARTING:
+            lines.append(f"Starting: {s.starting_message}")
+        if s.started:
+            st = s.started
+            observed = st.observed_flink_job_status or st.observed_dataflow_job_state
+            restarts = (
+                f" · restarts {st.observed_flink_job_restarts}" if st.observed_flink_job_restarts is not None else ""
+            )
+            lines.append(f"Observed: **{observed}**{restarts} · last update {st.last_update_time}")
+        if s.savepoint:
+            lines.append(f"Savepoint ({s.savepoint.taken_for.lower()}): `{s.savepoint.location}`")
+        if s.failure:
+            lines.append(f"Failure: **{s.failure.reason}**: {s.failure.message}")
+        if s.links.predecessor_job_id or s.links.successor_job_id:
+            lines.append(
+                f"Links: predecessor {s.links.predecessor_job_id or '-'} · successor {s.links.successor_job_id or '-'}"
+            )
+        if s.events:
+            lines.append("\n### Recent events")
+            lines.extend(f"- {e.time:%Y-%m-%d %H:%M:%S} **{e.kind}** {e.message}" for e in s.events[-8:])
+        workflow.set_current_details("\n\n".join(lines[:3]) + "\n\n" + "\n\n".join(lines[3:]))
+
+
+def successor_of(job: Job, request: UpdateRequest, successor_id: str, savepoint: str | None) -> Job:
+    """The Job an update starts: same name and deployment, the new spec, restored from the savepoint."""
+    spec = request.spec.model_copy(update={"restore_from_savepoint": savepoint or request.spec.restore_from_savepoint})
+    return Job(
+        metadata=JobMetadata(
+            id=successor_id,
+            name=job.metadata.name,
+            deployment_name=job.metadata.deployment_name,
+            labels=dict(job.metadata.labels),
+        ),
+        spec=spec,
+        status=JobStatus(links=JobLinks(predecessor_job_id=job.metadata.id)),
+    )
