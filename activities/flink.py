@@ -253,32 +253,25 @@ class FlinkEngine:
 
     async def _stop_with_savepoint(self, request: StopInput, target: FlinkSessionTarget, jid: str) -> StopResult:
         drain = request.mode is StopMode.DRAIN
-        # A retried attempt resumes the stop it already triggered instead of triggering a second one.
+        # A retried attempt resumes the stop it already triggered instead of triggering a second one, and
+        # keeps the original deadline.
         previous = activity.info().heartbeat_details
         state: dict[str, Any] = dict(previous[0]) if previous else {}
-        if "trigger" not in state:
-            body: dict[str, Any] = {"drain": drain}
-            if target.savepoint_dir:
-                body["targetDirectory"] = target.savepoint_dir
-            response = await self._call(target, "POST", f"/jobs/{jid}/stop", json=body)
-            if response.status_code != 202 and response.status_code != 200:
-                details = await self._job(target, jid)
-                status = str(details.get("state")) if details else "NOT_FOUND"
-                if status in GLOBALLY_TERMINAL or details is None:
-                    return StopResult(
-                        engine_status=status,
-                        message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
-                        started_fields={"observedFlinkJobStatus": status},
-                    )
-                raise FlinkUnreachable(f"stop of Flink job {jid} answered {response.status_code}: {_errors(response)}")
-            state = {"trigger": response.json()["request-id"], "since": time.time()}
-            activity.heartbeat(state)
-
+        state.setdefault("since", time.time())
         deadline = state["since"] + request.savepoint_timeout_seconds
+        why = f"the savepoint did not complete within {request.savepoint_timeout_seconds}s"
         while True:
+            if "trigger" not in state:
+                if time.time() >= deadline:
+                    return await self._savepoint_failed(request, target, jid, why)
+                trigger = await self._trigger_stop(target, jid, drain)
+                if isinstance(trigger, StopResult):
+                    return trigger
+                state["trigger"] = trigger
+                activity.heartbeat(state)
             response = await self._call(target, "GET", f"/jobs/{jid}/savepoints/{state['trigger']}")
             if response.status_code == 404:
-                # The JobManager forgot the trigger (restarted?): fall back to the job's checkpoint history.
+                # The JobManager forgot the trigger (restarted?): the job's checkpoint history still knows.
                 break
             body = response.json()
             if body.get("status", {}).get("id") == "COMPLETED":
@@ -291,15 +284,15 @@ class FlinkEngine:
                         message=f"Flink job {jid} stopped with a savepoint{' after draining' if drain else ''}",
                         started_fields={"observedFlinkJobStatus": status},
                     )
-                cause = summarize_trace(str(operation.get("failure-cause", {}).get("stack-trace") or operation))
-                return await self._savepoint_failed(request, target, jid, f"the savepoint failed: {cause}")
-            if drain and time.time() >= deadline:
-                return await self._savepoint_failed(
-                    request,
-                    target,
-                    jid,
-                    f"the savepoint did not complete within {request.savepoint_timeout_seconds}s",
-                )
+                # A savepoint can fail for passing reasons (tasks still deploying, a checkpoint already
+                # running): try again until the deadline, then give up as the mode says.
+                cause = summarize_trace(str((operation.get("failure-cause") or {}).get("stack-trace") or operation))
+                why = f"the savepoint failed: {cause}"
+                activity.logger.info("savepoint of Flink job %s failed, retrying: %s", jid, cause)
+                del state["trigger"]
+            elif drain and time.time() >= deadline:
+                # Cancelling also aborts the savepoint still in flight.
+                return await self._savepoint_failed(request, target, jid, why)
             activity.heartbeat(state)
             await asyncio.sleep(self._poll_interval)
 
@@ -313,6 +306,24 @@ class FlinkEngine:
                 started_fields={"observedFlinkJobStatus": status},
             )
         return await self._savepoint_failed(request, target, jid, "Flink lost track of the savepoint")
+
+    async def _trigger_stop(self, target: FlinkSessionTarget, jid: str, drain: bool) -> str | StopResult:
+        """POST /jobs/{jid}/stop: the trigger id, or the final answer if the job had already ended."""
+        body: dict[str, Any] = {"drain": drain}
+        if target.savepoint_dir:
+            body["targetDirectory"] = target.savepoint_dir
+        response = await self._call(target, "POST", f"/jobs/{jid}/stop", json=body)
+        if response.status_code in (200, 202):
+            return str(response.json()["request-id"])
+        details = await self._job(target, jid)
+        status = str(details.get("state")) if details else "NOT_FOUND"
+        if status in GLOBALLY_TERMINAL or details is None:
+            return StopResult(
+                engine_status=status,
+                message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
+                started_fields={"observedFlinkJobStatus": status},
+            )
+        raise FlinkUnreachable(f"stop of Flink job {jid} answered {response.status_code}: {_errors(response)}")
 
     async def _savepoint_failed(self, request: StopInput, target: FlinkSessionTarget, jid: str, why: str) -> StopResult:
         # A completed savepoint is never reported as failed: look at the job's own checkpoint history first.

