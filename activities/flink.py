@@ -228,7 +228,7 @@ class FlinkEngine:
         response = await self._call(target, "PATCH", f"/jobs/{jid}", params={"mode": "cancel"})
         if response.status_code == 404:
             # Never submitted (a cancel during STARTING) or already gone: nothing is left to cancel.
-            return StopResult(
+            return _stop_result(
                 engine_status="NOT_FOUND",
                 message=f"Flink has no job {jid} on {target.name}: nothing left to cancel",
                 started_fields={"observedFlinkJobStatus": "NOT_FOUND"},
@@ -236,7 +236,7 @@ class FlinkEngine:
         if response.status_code not in (200, 202, 409):
             raise FlinkUnreachable(f"cancel of Flink job {jid} answered {response.status_code}: {_errors(response)}")
         status = await self._wait_terminal(target, jid)
-        return StopResult(
+        return _stop_result(
             engine_status=status,
             message=f"Flink job {jid} {why}; it ended {status}",
             started_fields={"observedFlinkJobStatus": status},
@@ -278,7 +278,7 @@ class FlinkEngine:
                 operation = body.get("operation") or {}
                 if operation.get("location"):
                     status = await self._wait_terminal(target, jid)
-                    return StopResult(
+                    return _stop_result(
                         engine_status=status,
                         savepoint_location=operation["location"],
                         message=f"Flink job {jid} stopped with a savepoint{' after draining' if drain else ''}",
@@ -299,7 +299,7 @@ class FlinkEngine:
         location = await self._latest_savepoint(target, jid)
         status = await self._wait_terminal(target, jid) if location else "UNKNOWN"
         if location:
-            return StopResult(
+            return _stop_result(
                 engine_status=status,
                 savepoint_location=location,
                 message=f"Flink job {jid} stopped with a savepoint",
@@ -318,7 +318,7 @@ class FlinkEngine:
         details = await self._job(target, jid)
         status = str(details.get("state")) if details else "NOT_FOUND"
         if status in GLOBALLY_TERMINAL or details is None:
-            return StopResult(
+            return _stop_result(
                 engine_status=status,
                 message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
                 started_fields={"observedFlinkJobStatus": status},
@@ -331,7 +331,7 @@ class FlinkEngine:
         details = await self._job(target, jid)
         status = str(details.get("state")) if details else "NOT_FOUND"
         if location and (status in GLOBALLY_TERMINAL or details is None):
-            return StopResult(
+            return _stop_result(
                 engine_status=status,
                 savepoint_location=location,
                 message=f"Flink job {jid} stopped with a savepoint ({why}, but the savepoint is there)",
@@ -345,7 +345,7 @@ class FlinkEngine:
                     "message": f"drain of Flink job {jid} fell back to cancel: {why}",
                 }
             )
-        return StopResult(
+        return _stop_result(
             engine_status=status,
             message=f"Flink job {jid} was not stopped: {why}; it keeps running",
             started_fields={"observedFlinkJobStatus": status},
@@ -357,6 +357,12 @@ class FlinkEngine:
             return None
         latest = (response.json().get("latest") or {}).get("savepoint") or {}
         return latest.get("external_path") or None
+
+
+def _stop_result(engine_status: str, message: str, **fields: Any) -> StopResult:
+    # NOT_FOUND (nothing was ever submitted, or it is gone) reads as stopped.
+    phase = flink_phase(engine_status) if engine_status in GLOBALLY_TERMINAL else EnginePhase.STOPPED
+    return StopResult(engine_status=engine_status, phase=phase, message=message, **fields)
 
 
 def _observation(

@@ -11,12 +11,13 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.dataflow import DataflowEngine
 from activities.flink import FlinkEngine
 from jobctl import engine
 from jobctl.engine import AcquireInput, Grant, Observation, ObserveInput, StopInput, StopResult, Submission, SubmitInput
 from jobctl.models import Engine, JobSpec
 from jobctl.settings import Settings
-from jobctl.targets import DeploymentTargets, FlinkSessionTarget, UnknownTarget
+from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget, UnknownTarget
 
 
 class JobActivities:
@@ -25,9 +26,14 @@ class JobActivities:
         self.targets = targets
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.engine_timeout_seconds, connect=5.0))
         self.flink = FlinkEngine(self.http, poll_interval=self.settings.poll_interval_seconds)
+        # Builds its gRPC clients on first use, inside the worker's event loop.
+        self.dataflow = DataflowEngine(
+            timeout=self.settings.engine_timeout_seconds, poll_interval=self.settings.poll_interval_seconds
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.dataflow.close()
 
     def _target(self, job_id: str, spec: JobSpec) -> tuple[Any, Any]:
         """The engine and the Deployment Target for a Job, or a non-retryable error saying what is wrong."""
@@ -39,6 +45,8 @@ class JobActivities:
             ) from None
         if spec.engine is Engine.FLINK and isinstance(target, FlinkSessionTarget):
             return self.flink, target
+        if spec.engine is Engine.DATAFLOW and isinstance(target, DataflowTarget):
+            return self.dataflow, target
         raise ApplicationError(
             f"Job {job_id}: engine {spec.engine} cannot run on Deployment Target {target.name} of kind "
             f"{target.kind}; pick a target of the engine's kind",

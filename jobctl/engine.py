@@ -37,6 +37,9 @@ class Grant(Model):
 class SubmitInput(Model):
     metadata: JobMetadata
     spec: JobSpec
+    # Set for the successor of an update on an engine that replaces jobs in place (Dataflow: launch with
+    # the same job name and update=true): the engine job this submit replaces.
+    replaces_engine_job_id: str | None = None
 
 
 class Submission(Model):
@@ -62,12 +65,15 @@ class Observation(Model):
     # (Flink: flinkJobId, observedFlinkJobStatus, observedFlinkJobRestarts; Dataflow: dataflowJobId,
     # observedDataflowJobState, ...). The workflow merges them without knowing which engine it is.
     started_fields: dict[str, str | int | None] = Field(default_factory=dict)
+    # Requests this engine job cannot take, with the reason, e.g. {"DRAIN": "a Dataflow batch job cannot be
+    # drained; cancel it instead"}. The workflow rejects such requests before anything is sent.
+    refuses: dict[str, str] = Field(default_factory=dict)
 
     def differs_from(self, other: Observation | None) -> bool:
         """True if this observation is news for the Job's status (timestamps alone are not)."""
         if other is None:
             return True
-        keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "started_fields")
+        keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "started_fields", "refuses")
         return any(getattr(self, k) != getattr(other, k) for k in keys)
 
 
@@ -100,9 +106,15 @@ class StopInput(Model):
 
 class StopResult(Model):
     engine_status: str
+    # The engine-neutral reading of engine_status once the stop is over (FINISHED for a drained Flink job,
+    # STOPPED for a cancelled one, FAILED if the job failed while stopping).
+    phase: EnginePhase = EnginePhase.STOPPED
     savepoint_location: str | None = None
     # True when the savepoint did not complete in time and the job was cancelled instead.
     cancelled_instead: bool = False
     message: str
     # The engine's observed fields after the stop, merged into status.started (see Observation).
     started_fields: dict[str, str | int | None] = Field(default_factory=dict)
+    # SUSPEND on an engine that updates jobs in place (Dataflow): nothing was stopped; the successor's
+    # submit replaces this engine job, which then ends by itself (Dataflow: JOB_STATE_UPDATED).
+    replaced_in_place: bool = False

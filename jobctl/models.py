@@ -172,6 +172,8 @@ class JobEvent(Model):
 class JobLinks(Model):
     predecessor_job_id: str | None = None
     successor_job_id: str | None = None
+    # The predecessor's engine job that this Job replaces in place (Dataflow updates).
+    replaces_engine_job_id: str | None = None
 
 
 class JobStatus(Model):

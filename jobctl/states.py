@@ -121,29 +121,30 @@ def dataflow_phase(state: str) -> EnginePhase:
 
 
 def next_state(current: JobState, phase: EnginePhase) -> JobState | None:
-    """The Job state an observed engine phase leads to, or None if the Job stays where it is.
+    """The next Job state an observed engine phase leads to, or None if the Job stays where it is.
 
+    Apply it until it answers None: an engine job stopped from outside jobctl walks STARTED ->
+    TERMINATING -> TERMINATED, as the seed maps Dataflow's DRAINED, CANCELLED and UPDATED.
     UNKNOWN never changes anything: an engine outage must not turn a running Job into FAILED.
     """
-    if is_terminal(current) or phase in (EnginePhase.UNKNOWN, EnginePhase.PENDING, EnginePhase.STOPPING):
+    if is_terminal(current) or phase in (EnginePhase.UNKNOWN, EnginePhase.PENDING):
         return None
     if phase is EnginePhase.FAILED:
         return JobState.FAILED
     if current is JobState.TERMINATING:
         # A drained Flink job reports FINISHED; a cancelled one CANCELED: both are the stop we asked for.
         return JobState.TERMINATED if phase in (EnginePhase.FINISHED, EnginePhase.STOPPED) else None
+    if phase in (EnginePhase.STOPPING, EnginePhase.STOPPED):
+        return JobState.TERMINATING
     if phase is EnginePhase.RUNNING:
         return JobState.STARTED if current is JobState.STARTING else None
-    if phase is EnginePhase.FINISHED:
-        return JobState.FINISHED
-    # STOPPED while nobody asked jobctl to stop it: the engine job was cancelled from outside.
-    # The Job did not end the way its owner wanted, and TERMINATED is reserved for stops done through
-    # jobctl, so it is FAILED with a reason that says so (see `unrequested_stop_reason`).
-    return JobState.FAILED
+    return JobState.FINISHED  # phase FINISHED
 
 
-def unrequested_stop_reason(engine_status: str) -> str:
-    return (
-        f"the engine job ended as {engine_status} although nobody asked jobctl to stop it "
-        "(cancelled from the engine's own UI or API?); start the Job again to resume it"
-    )
+def path_to(current: JobState, phase: EnginePhase) -> list[JobState]:
+    """Every state the Job passes through for an observed phase, in order (often none or one)."""
+    path: list[JobState] = []
+    while (nxt := next_state(current, phase)) is not None:
+        path.append(nxt)
+        current = nxt
+    return path

