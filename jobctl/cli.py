@@ -321,17 +321,32 @@ def dev(
     slots: Annotated[int, typer.Option(help="Flink task slots")] = 4,
     temporal_port: Annotated[int, typer.Option(help="Temporal frontend port")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal web UI port")] = 8233,
+    dataflow_port: Annotated[int, typer.Option(help="Dataflow emulator port")] = 8089,
 ) -> None:
     """Run the local stack: Temporal dev server + web UI, a Flink session cluster, a worker, an example Job."""
     from jobctl.dev import DevStack, StackError
 
-    stack = DevStack(workdir.resolve(), flink_port, slots, temporal_port, ui_port, start_example=example)
+    stack = DevStack(
+        workdir.resolve(), flink_port, slots, temporal_port, ui_port, start_example=example, dataflow_port=dataflow_port
+    )
     try:
         asyncio.run(stack.run())
     except StackError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+@app.command(
+    name="dataflow-emulator",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def dataflow_emulator(ctx: typer.Context) -> None:
+    """Run the Dataflow emulator (the real gRPC API, locally). `jobctl dataflow-emulator --help` for its flags."""
+    from jobctl.dataflow_emulator.server import main as emulator_main
+
+    emulator_main(list(ctx.args))
 
 
 def main() -> None:  # pragma: no cover - console script entry

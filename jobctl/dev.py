@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from activities.job import JobActivities
+from jobctl.dataflow_emulator import EmulatorConfig, serve
 from jobctl.models import Job
 from jobctl.settings import Settings
 from jobctl.states import JobState
@@ -32,6 +34,8 @@ from workflows.job import search_attributes_for
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_JOB_FILE = REPO / "examples" / "jobs" / "streaming.yaml"
+EXAMPLE_DATAFLOW_JOB_FILE = REPO / "examples" / "jobs" / "dataflow-streaming.yaml"
+DATAFLOW_PROJECT, DATAFLOW_REGION = "demo-project", "us-central1"
 console = Console()
 
 
@@ -49,19 +53,28 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def write_targets(path: Path, flink_rest_url: str, slots: int, savepoint_dir: Path) -> Path:
-    doc = {
-        "targets": [
+def write_targets(path: Path, flink_rest_url: str, slots: int, savepoint_dir: Path, dataflow: bool = False) -> Path:
+    targets: list[dict[str, object]] = [
+        {
+            "name": "local",
+            "kind": "flink-session",
+            "restUrl": flink_rest_url,
+            "slots": slots,
+            "savepointDir": savepoint_dir.as_uri(),
+        }
+    ]
+    if dataflow:
+        targets.append(
             {
-                "name": "local",
-                "kind": "flink-session",
-                "restUrl": flink_rest_url,
-                "slots": slots,
-                "savepointDir": savepoint_dir.as_uri(),
+                "name": "dataflow-local",
+                "kind": "dataflow",
+                "project": DATAFLOW_PROJECT,
+                "region": DATAFLOW_REGION,
+                "maxConcurrentJobs": 25,
             }
-        ]
-    }
-    path.write_text("# Written by `jobctl dev` for its local stack.\n" + yaml.safe_dump(doc, sort_keys=False))
+        )
+    header = "# Written by `jobctl dev` for its local stack (dataflow-local is the Dataflow emulator).\n"
+    path.write_text(header + yaml.safe_dump({"targets": targets}, sort_keys=False))
     return path
 
 
@@ -74,7 +87,9 @@ class DevStack:
         temporal_port: int = 7233,
         ui_port: int = 8233,
         start_example: bool = True,
+        dataflow_port: int = 8089,
     ) -> None:
+        self.dataflow_port = dataflow_port
         self.workdir = workdir
         self.flink_port = flink_port
         self.slots = slots
@@ -93,6 +108,7 @@ class DevStack:
             (self.temporal_port, "Temporal", "--temporal-port"),
             (self.ui_port, "the Temporal web UI", "--ui-port"),
             (self.flink_port, "Flink", "--flink-port"),
+            (self.dataflow_port, "the Dataflow emulator", "--dataflow-port"),
         ):
             if not _port_free(port):
                 raise StackError(
@@ -108,20 +124,26 @@ class DevStack:
         temporal = TemporalDevServer(self.workdir / "temporal.db", self.temporal_port, self.ui_port)
         flink = FlinkCluster(self.workdir / "flink", rest_port=self.flink_port, slots=self.slots)
         activities: JobActivities | None = None
+        emulator = None
         try:
             console.print("building the example Flink job from source ...")
             built = await build_example_jar(self.workdir / "jars")
             jar = self.workdir / "example-job.jar"
             shutil.copyfile(built, jar)
-            console.print("starting the Temporal dev server and a Flink session cluster ...")
+            console.print("starting the Temporal dev server, a Flink session cluster and the Dataflow emulator ...")
+            emulator = await serve("127.0.0.1", self.dataflow_port, EmulatorConfig())
+            # The worker's Dataflow engine (in this process) talks to the emulator instead of Google.
+            os.environ["DATAFLOW_EMULATOR_HOST"] = emulator.address
             await asyncio.gather(temporal.start(), flink.start())
-            targets_file = write_targets(self.workdir / "targets.yaml", flink.rest_url, self.slots, flink.savepoint_dir)
+            targets_file = write_targets(
+                self.workdir / "targets.yaml", flink.rest_url, self.slots, flink.savepoint_dir, dataflow=True
+            )
             settings = Settings(targets=str(targets_file))
             client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
             activities = JobActivities(DeploymentTargets.load(targets_file), settings)
             async with build_worker(client, activities, settings.task_queue):
-                example = await self._start_example(client, settings, jar) if self.start_example else None
-                self._banner(temporal, flink, targets_file, example)
+                examples = await self._start_examples(client, settings, jar) if self.start_example else {}
+                self._banner(temporal, flink, emulator.address, targets_file, examples)
                 await stop.wait()
                 console.print("stopping ...")
         except (FlinkSetupError, TemporalSetupError) as exc:
@@ -129,21 +151,29 @@ class DevStack:
         finally:
             if activities:
                 await activities.close()
+            if emulator:
+                await emulator.stop()
             await flink.stop()
             await temporal.stop()
 
-    async def _start_example(self, client: Client, settings: Settings, jar: Path) -> str:
-        """Start the example Job once; on later runs keep the one that is still running."""
-        id_file = self.workdir / "example-job-id"
+    async def _start_examples(self, client: Client, settings: Settings, jar: Path) -> dict[str, str]:
+        flink = await self._start_example(client, settings, EXAMPLE_JOB_FILE, "flink", jar)
+        dataflow = await self._start_example(client, settings, EXAMPLE_DATAFLOW_JOB_FILE, "dataflow", None)
+        return {"Flink": flink, "Dataflow": dataflow}
+
+    async def _start_example(self, client: Client, settings: Settings, file: Path, key: str, jar: Path | None) -> str:
+        """Start an example Job once; on later runs keep the one that is still running."""
+        id_file = self.workdir / f"example-{key}-job-id"
         if id_file.exists():
             job_id = id_file.read_text().strip()
             with contextlib.suppress(RPCError):
                 description = await client.get_workflow_handle(f"job-{job_id}").describe()
                 if description.status == WorkflowExecutionStatus.RUNNING:
                     return job_id
-        raw = yaml.safe_load(EXAMPLE_JOB_FILE.read_text())
+        raw = yaml.safe_load(file.read_text())
         raw["metadata"]["id"] = str(uuid.uuid4())
-        raw["spec"]["artifact"]["jarUri"] = jar.as_uri()
+        if jar is not None:
+            raw["spec"]["artifact"]["jarUri"] = jar.as_uri()
         job = Job.model_validate(raw)
         await client.start_workflow(
             "JobWorkflow",
@@ -151,24 +181,27 @@ class DevStack:
             id=job.workflow_id,
             task_queue=settings.task_queue,
             search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
-            static_summary=f"example Job {job.metadata.name} on local",
+            static_summary=f"example {job.spec.engine} Job {job.metadata.name} on {job.spec.deployment_target_name}",
         )
         id_file.write_text(job.metadata.id)
         return job.metadata.id
 
-    def _banner(self, temporal: TemporalDevServer, flink: object, targets_file: Path, example: str | None) -> None:
-        console.print(
-            "\n[bold green]jobctl local stack is up[/bold green]\n"
-            f"  Temporal web UI  {temporal.ui_url}\n"
-            f"  Temporal         {temporal.address}  (TEMPORAL_ADDRESS)\n"
-            f"  Flink web UI     {getattr(flink, 'rest_url', '')}\n"
-            f"  targets file     {targets_file}\n"
-            f"  files            {self.workdir}\n"
-            + (
-                f"  example Job      {example}\n\n  try:  jobctl status {example}\n        jobctl drain {example}\n"
-                if example
-                else ""
-            )
-            + "\nCtrl-C stops everything.",
-            highlight=False,
-        )
+    def _banner(
+        self, temporal: TemporalDevServer, flink: object, emulator: str, targets_file: Path, examples: dict[str, str]
+    ) -> None:
+        lines = [
+            "",
+            "[bold green]jobctl local stack is up[/bold green]",
+            f"  Temporal web UI    {temporal.ui_url}",
+            f"  Temporal           {temporal.address}  (TEMPORAL_ADDRESS)",
+            f"  Flink web UI       {getattr(flink, 'rest_url', '')}",
+            f"  Dataflow emulator  {emulator}  (DATAFLOW_EMULATOR_HOST)",
+            f"  targets file       {targets_file}",
+            f"  files              {self.workdir}",
+        ]
+        lines += [f"  example {engine + ' Job':<11}{job_id}" for engine, job_id in examples.items()]
+        if examples:
+            first = next(iter(examples.values()))
+            lines += ["", f"  try:  jobctl status {first}", f"        jobctl drain {first}"]
+        lines += ["", "Ctrl-C stops everything."]
+        console.print("\n".join(lines), highlight=False)
