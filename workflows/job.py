@@ -74,8 +74,6 @@ MAX_EVENTS = 50
 # Long-poll bound for one observe activity: long enough that a quiet job writes a handful of events a
 # day, short enough that lastUpdateTime is never older than this.
 OBSERVE_MAX_WAIT = timedelta(hours=4)
-# Continue as new well before Temporal's own suggestion (10k+ events), so every run stays small.
-HISTORY_EVENTS_PER_RUN = 2_000
 
 # Temporal retries transient failures; these error types mean retrying cannot help.
 NON_RETRYABLE = ["DeploymentTargetNotFound", "InvalidArtifact", "SubmitRejected", "InvalidSpec"]
@@ -607,8 +605,8 @@ class JobWorkflow:
         del self._status.events[:-MAX_EVENTS]
 
     def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_EVENTS_PER_RUN
+        # Temporal's own suggestion is recorded in history, so a replay decides exactly as the run did.
+        return workflow.info().is_continue_as_new_suggested()
 
     def _publish(self) -> None:
         """Refresh what the web UI shows: the current details (Markdown)."""

@@ -23,6 +23,7 @@ from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port
+from tests.history import record
 from worker.main import build_worker
 from workflows.job import search_attributes_for
 
@@ -164,6 +165,7 @@ async def test_launch_to_started_then_drain_to_terminated(client: Client, emulat
     final = await result(handle)
     assert final.status and final.status.state is JobState.TERMINATED, final.status
     assert observed(final.status) == "JOB_STATE_DRAINED"
+    await record(handle, "real_dataflow_drain")
     assert emulator.model.jobs[jid].state.name == "JOB_STATE_DRAINED"
 
 
@@ -307,5 +309,6 @@ async def test_update_replaces_the_dataflow_job_in_place(client: Client, emulato
     assert emulator.model.jobs[new_jid].parameters["window"] == "60s"
     assert emulator.model.jobs[new_jid].labels == {"jobctl-job-id": successor_id}
 
+    await record(handle, "real_dataflow_update")
     await successor.execute_update("cancel", {}, result_type=RequestAnswer)
     assert (await result(successor)).status.state is JobState.TERMINATED

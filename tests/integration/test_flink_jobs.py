@@ -28,6 +28,7 @@ from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
+from tests.history import record
 from worker.main import build_worker
 from workflows.job import search_attributes_for
 
@@ -153,6 +154,7 @@ async def test_start_to_started_then_drain_leaves_a_savepoint_on_disk(
     assert on_disk.is_dir() and (on_disk / "_metadata").is_file()
     assert on_disk.parent == flink_cluster.savepoint_dir
     assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jid)] == ["FINISHED"]
+    await record(handle, "real_flink_drain")
 
 
 async def test_cancel_stops_the_flink_job(client: Client, flink_cluster: FlinkCluster, example_jar: Path) -> None:
@@ -196,6 +198,7 @@ async def test_failing_job_ends_failed_with_restarts_and_root_cause(
     assert final.status.failure and final.status.failure.reason == "ENGINE_JOB_FAILED"
     assert "example job failing on purpose" in final.status.failure.message
     assert final.status.started and final.status.started.observed_flink_job_restarts == 2
+    await record(handle, "real_flink_failed")
 
 
 async def test_update_starts_a_successor_restored_from_the_savepoint(
@@ -227,6 +230,7 @@ async def test_update_starts_a_successor_restored_from_the_savepoint(
     assert restored["is_savepoint"] is True
     assert savepoint_dir(restored["external_path"]) == savepoint_dir(location)
 
+    await record(handle, "real_flink_update")
     await successor.execute_update("cancel", {}, result_type=RequestAnswer)
     assert (await successor.result()).status.state is JobState.TERMINATED
 

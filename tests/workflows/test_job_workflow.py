@@ -6,11 +6,9 @@ Covers every transition, every request (signal and update) in every state, and i
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -21,10 +19,9 @@ from temporalio.worker import Worker
 
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
+from tests.history import record
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from workflows.job import JobWorkflow, search_attributes_for
-
-HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 @dataclass
@@ -73,14 +70,6 @@ async def wait_for(handle: WorkflowHandle, check: Callable[[JobStatus], bool], w
 
 async def wait_state(handle: WorkflowHandle, state: JobState) -> JobStatus:
     return await wait_for(handle, lambda s: s.state is state, str(state))
-
-
-async def record(handle: WorkflowHandle, name: str) -> None:
-    """Store the history for the replay test when JOBCTL_RECORD_HISTORIES=1."""
-    if os.environ.get("JOBCTL_RECORD_HISTORIES") == "1":
-        history = await handle.fetch_history()
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
 def jid(job: Job) -> str:

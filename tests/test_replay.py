@@ -1,0 +1,55 @@
+"""Every stored history replays on today's JobWorkflow: a change that would break running Jobs fails here."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.history import HISTORIES
+from workflows.job import JobWorkflow
+
+STORED = sorted(HISTORIES.glob("*.json"))
+
+# The paths the stored histories must cover; adding a path means recording its history too.
+REQUIRED = {
+    "flink_start_cancel",
+    "flink_finished",
+    "flink_failed",
+    "flink_drain",
+    "flink_update",
+    "flink_cancel_starting",
+    "flink_drain_overtaken_by_cancel",
+    "flink_malformed_signals",
+    "in_place_update",
+    "continue_as_new",
+    "real_flink_drain",
+    "real_flink_update",
+    "real_flink_failed",
+    "real_dataflow_drain",
+    "real_dataflow_update",
+}
+
+
+def workflow_id_of(history: dict) -> str:  # type: ignore[type-arg]
+    """JobWorkflow checks that its workflow id is job-<metadata.id>: replay under the id it ran with."""
+    started = history["events"][0]["workflowExecutionStartedEventAttributes"]
+    job = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
+    return f"job-{job['metadata']['id']}"
+
+
+def test_every_required_path_has_a_stored_history() -> None:
+    assert REQUIRED <= {p.stem for p in STORED}, "record them: JOBCTL_RECORD_HISTORIES=1 pytest"
+
+
+@pytest.mark.parametrize("path", STORED, ids=[p.stem for p in STORED])
+async def test_history_replays(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    history = WorkflowHistory.from_json(workflow_id_of(raw), raw)
+    replayer = Replayer(workflows=[JobWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
