@@ -453,3 +453,70 @@ async def test_in_place_update_whose_successor_fails_keeps_the_old_job(harness: 
     assert status.state is JobState.STARTED and status.links.successor_job_id is None
     await handle.execute_update("cancel", {}, result_type=RequestAnswer)
     await wait_state(handle, JobState.TERMINATED)
+
+
+# Every request, as signal and as update, in every non-terminal state: accepted or rejected, and what follows.
+# (A terminal Job's workflow has closed: Temporal itself refuses both, and `jobctl` answers with the state;
+# see tests/integration/test_flink_jobs.py.)
+MATRIX = [
+    # state, request, accepted, state the Job ends in
+    ("STARTING", "cancel", True, JobState.TERMINATED),
+    ("STARTING", "drain", False, None),
+    ("STARTING", "update", False, None),
+    ("STARTED", "cancel", True, JobState.TERMINATED),
+    ("STARTED", "drain", True, JobState.TERMINATED),
+    ("STARTED", "update", True, JobState.TERMINATED),
+    ("TERMINATING", "cancel", True, JobState.TERMINATED),
+    ("TERMINATING", "drain", False, None),
+    ("TERMINATING", "update", False, None),
+]
+
+
+@pytest.mark.parametrize("form", ["signal", "update"])
+@pytest.mark.parametrize(("state", "kind", "accepted", "ends"), MATRIX)
+async def test_request_matrix(
+    harness: Harness, form: str, state: str, kind: str, accepted: bool, ends: JobState | None
+) -> None:
+    job = new_job()
+    if state == "STARTING":
+        harness.engine.has_capacity = False
+        handle = await harness.start(job)
+        await wait_for(handle, lambda s: len(harness.engine.calls["acquire"]) > 0, "acquiring")
+    else:
+        handle = await started(harness, job)
+    if state == "TERMINATING":
+        harness.engine.drain_gate = asyncio.Event()  # hold a drain in TERMINATING
+        await handle.execute_update("drain", {}, result_type=RequestAnswer)
+        await wait_state(handle, JobState.TERMINATING)
+    payload: dict[str, object] = {"spec": job.spec.model_dump(by_alias=True)} if kind == "update" else {}
+
+    if form == "update":
+        if accepted:
+            answer = await handle.execute_update(kind, payload, result_type=RequestAnswer)
+            assert answer.accepted and answer.job_id == job.metadata.id
+        else:
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update(kind, payload, result_type=RequestAnswer)
+            assert job.metadata.id in str(err.value.cause)
+    else:
+        await handle.signal(kind, payload)
+        if not accepted:
+            rejected = await wait_for(
+                handle, lambda s: any(e.kind == "REQUEST_REJECTED" for e in s.events), "rejection recorded"
+            )
+            assert f"{kind} signal rejected" in [e.message for e in rejected.events if e.kind == "REQUEST_REJECTED"][0]
+
+    if accepted:
+        result = await handle.result()
+        assert result.status and result.status.state is ends
+        if kind == "update":
+            assert result.status.links.successor_job_id
+            successor = harness.client.get_workflow_handle(f"job-{result.status.links.successor_job_id}")
+            await successor.signal("cancel", {})
+    else:
+        assert (await status_of(handle)).state is JobState[state]
+        await handle.signal("cancel", {})
+        # Wait without time skipping: skipping ahead would time out the scripted activities' heartbeats.
+        await wait_state(handle, JobState.TERMINATED)
+    if harness.engine.drain_gate:
+        harness.engine.drain_gate.set()
