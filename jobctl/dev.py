@@ -162,14 +162,16 @@ class DevStack:
         return {"Flink": flink, "Dataflow": dataflow}
 
     async def _start_example(self, client: Client, settings: Settings, file: Path, key: str, jar: Path | None) -> str:
-        """Start an example Job once; on later runs keep the one that is still running."""
+        """Start an example Job (and end the one a previous run of the stack started)."""
         id_file = self.workdir / f"example-{key}-job-id"
         if id_file.exists():
-            job_id = id_file.read_text().strip()
+            # The local Flink cluster and the emulator do not keep jobs across restarts (no high
+            # availability), so the previous example Job's engine job is gone: end that Job, start afresh.
+            previous = client.get_workflow_handle(f"job-{id_file.read_text().strip()}")
             with contextlib.suppress(RPCError):
-                description = await client.get_workflow_handle(f"job-{job_id}").describe()
-                if description.status == WorkflowExecutionStatus.RUNNING:
-                    return job_id
+                if (await previous.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    reason = "the local stack restarted; its engines do not keep jobs across restarts"
+                    await previous.signal("cancel", {"reason": reason})
         raw = yaml.safe_load(file.read_text())
         raw["metadata"]["id"] = str(uuid.uuid4())
         if jar is not None:
@@ -199,7 +201,7 @@ class DevStack:
             f"  targets file       {targets_file}",
             f"  files              {self.workdir}",
         ]
-        lines += [f"  example {engine + ' Job':<11}{job_id}" for engine, job_id in examples.items()]
+        lines += [f"  example {engine + ' Job':<13}{job_id}" for engine, job_id in examples.items()]
         if examples:
             first = next(iter(examples.values()))
             lines += ["", f"  try:  jobctl status {first}", f"        jobctl drain {first}"]

@@ -638,9 +638,9 @@ class JobWorkflow:
                 f"Links: predecessor {s.links.predecessor_job_id or '-'} · successor {s.links.successor_job_id or '-'}"
             )
         if s.events:
-            lines.append("\n### Recent events")
-            lines.extend(f"- {e.time:%Y-%m-%d %H:%M:%S} **{e.kind}** {e.message}" for e in s.events[-8:])
-        workflow.set_current_details("\n\n".join(lines[:3]) + "\n\n" + "\n\n".join(lines[3:]))
+            recent = "\n".join(f"- {e.time:%Y-%m-%d %H:%M:%S} **{e.kind}** {e.message}" for e in s.events[-8:])
+            lines.append(f"### Recent events\n{recent}")
+        workflow.set_current_details("\n\n".join(lines))
 
 
 async def _cancelled(task: asyncio.Task[Any]) -> None:
