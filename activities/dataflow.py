@@ -250,6 +250,23 @@ class DataflowEngine:
 
     # --- acquire ---------------------------------------------------------------------------------
 
+    def requirements(self, job_id: str, spec: JobSpec, target: DataflowTarget) -> dict[str, int]:
+        """What the Job needs from the target's ledger: one concurrent job, and its max workers when the
+        target caps workers. Checks the artifact now, so a Job that can never launch does not wait first."""
+        artifact = _artifact(spec, job_id)
+        _check_job_name(artifact.job_name, job_id)
+        env = _environment(spec, target, job_id)
+        needs = {"jobs": 1}
+        if target.max_workers is not None:
+            needs["workers"] = int(env.get("max_workers") or target.max_workers)
+        return needs
+
+    def capacity(self, target: DataflowTarget) -> dict[str, int]:
+        capacity = {"jobs": target.max_concurrent_jobs}
+        if target.max_workers is not None:
+            capacity["workers"] = target.max_workers
+        return capacity
+
     async def acquire(self, job_id: str, spec: JobSpec, target: DataflowTarget) -> Grant:
         # spec.parallelism means nothing to Dataflow (it autoscales workers); maxWorkers is what a target caps.
         where = where_of(spec, target)

@@ -96,7 +96,26 @@ class FlinkEngine:
             trace = entries[0].get("stacktrace") or entries[0].get("exceptionName")
         return summarize_trace(trace) if trace else None
 
-    # --- acquire ---------------------------------------------------------------------------------
+    # --- Deployment Target capacity ---------------------------------------------------------------
+
+    def requirements(self, job_id: str, spec: JobSpec, target: FlinkSessionTarget) -> dict[str, int]:
+        return {"slots": spec.parallelism}
+
+    def capacity(self, target: FlinkSessionTarget) -> dict[str, int]:
+        return {"slots": target.slots}
+
+    async def engine_free(self, target: FlinkSessionTarget) -> tuple[dict[str, int], str | None]:
+        """The slots the cluster itself reports free: a cluster shared with jobs outside jobctl has fewer
+        than the ledger thinks. Unreachable: nothing is free (never grant what cannot be verified)."""
+        try:
+            response = await self._call(target, "GET", "/overview")
+            overview = response.json()
+            free = int(overview.get("slots-available", 0))
+            return {"slots": free}, f"the cluster reports {free} of {overview.get('slots-total')} slots free"
+        except (FlinkUnreachable, ValueError) as err:
+            return {"slots": 0}, f"the cluster's free slots cannot be read: {err}"
+
+    # --- acquire (kept for Jobs that started before Deployment Target leases) --------------------
 
     async def acquire(self, job_id: str, spec: JobSpec, target: FlinkSessionTarget) -> Grant:
         if spec.parallelism > target.slots:

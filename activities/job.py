@@ -5,19 +5,38 @@ Each picks the engine for the Job's Deployment Target; the workflow never branch
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.dataflow import DataflowEngine
 from activities.flink import FlinkEngine
 from jobctl import engine
-from jobctl.engine import AcquireInput, Grant, Observation, ObserveInput, StopInput, StopResult, Submission, SubmitInput
+from jobctl.engine import (
+    AcquireInput,
+    AskInput,
+    AskReceipt,
+    CapacitySnapshot,
+    Grant,
+    HolderList,
+    Observation,
+    ObserveInput,
+    StopInput,
+    StopResult,
+    Submission,
+    SubmitInput,
+)
+from jobctl.ledger import Ask, Ledger
 from jobctl.models import Engine, JobSpec
 from jobctl.settings import Settings
 from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget, UnknownTarget
+from workflows.deployment_target import LedgerInput, ledger_workflow_id
 
 
 class JobActivities:
@@ -74,5 +93,67 @@ class JobActivities:
         eng, target = self._target(request.metadata.id, request.spec)
         return await eng.stop(request, target)
 
+    # --- Deployment Target leases -----------------------------------------------------------------
+
+    @activity.defn(name=engine.ASK)
+    async def ask(self, request: AskInput) -> AskReceipt:
+        """Queue the Job on its target's ledger (signal-with-start): asking twice queues it once."""
+        eng, target = self._target(request.job_id, request.spec)
+        needs = eng.requirements(request.job_id, request.spec, target)
+        ledger = Ledger(target=target.name, capacity=eng.capacity(target))
+        why = ledger.never_fits(needs)
+        if why:
+            raise ApplicationError(
+                f"Job {request.job_id} {why}; lower what it asks for or pick a bigger target",
+                type="InvalidSpec",
+                non_retryable=True,
+            )
+        ledger_id = ledger_workflow_id(target.name)
+        ask = Ask(job_id=request.job_id, holder=request.holder, resources=needs, asked_at=datetime.now(UTC))
+        await activity.client().start_workflow(
+            "DeploymentTargetWorkflow",
+            LedgerInput(
+                ledger=ledger,
+                reclaim_interval_seconds=self.settings.lease_reclaim_interval_seconds,
+                task_queue=activity.info().task_queue,
+            ),
+            id=ledger_id,
+            task_queue=activity.info().task_queue,
+            start_signal="ask",
+            start_signal_args=[ask],
+            static_summary=f"Deployment Target {target.name}: leases and queue",
+        )
+        return AskReceipt(ledger_workflow_id=ledger_id, resources=needs)
+
+    @activity.defn(name=engine.TARGET_CAPACITY)
+    async def capacity(self, target_name: str) -> CapacitySnapshot:
+        try:
+            target = self.targets.get(target_name)
+        except UnknownTarget:
+            # Removed from the targets file: grant nothing more; existing leases end with their Jobs.
+            return CapacitySnapshot(capacity={}, engine_note=f"{target_name} is no longer declared")
+        eng = self.flink if isinstance(target, FlinkSessionTarget) else self.dataflow
+        free, note = await eng.engine_free(target) if hasattr(eng, "engine_free") else (None, None)
+        return CapacitySnapshot(capacity=eng.capacity(target), engine_free=free, engine_note=note)
+
+    @activity.defn(name=engine.CLOSED_HOLDERS)
+    async def closed_holders(self, request: HolderList) -> HolderList:
+        """The holders whose workflow is no longer running (closed any way, or unknown)."""
+        client = activity.client()
+        limit = asyncio.Semaphore(20)
+
+        async def closed(workflow_id: str) -> bool:
+            async with limit:
+                try:
+                    description = await client.get_workflow_handle(workflow_id).describe()
+                except RPCError as err:
+                    if err.status == RPCStatusCode.NOT_FOUND:
+                        return True
+                    raise
+                return description.status != WorkflowExecutionStatus.RUNNING
+
+        verdicts = await asyncio.gather(*(closed(h) for h in request.holders))
+        return HolderList(holders=[h for h, gone in zip(request.holders, verdicts, strict=True) if gone])
+
     def all(self) -> list[Any]:
-        return [self.acquire, self.submit, self.observe, self.stop]
+        return [self.acquire, self.submit, self.observe, self.stop, self.ask, self.capacity, self.closed_holders]

@@ -19,6 +19,9 @@ ACQUIRE = "acquire_deployment_target"
 SUBMIT = "submit_job"
 OBSERVE = "observe_job"
 STOP = "stop_job"
+ASK = "ask_deployment_target"
+TARGET_CAPACITY = "deployment_target_capacity"
+CLOSED_HOLDERS = "closed_lease_holders"
 
 
 class AcquireInput(Model):
@@ -118,3 +121,47 @@ class StopResult(Model):
     # SUSPEND on an engine that updates jobs in place (Dataflow): nothing was stopped; the successor's
     # submit replaces this engine job, which then ends by itself (Dataflow: JOB_STATE_UPDATED).
     replaced_in_place: bool = False
+
+
+# --- Deployment Target leases (see jobctl/ledger.py and workflows/deployment_target.py) -------------
+
+
+class AskInput(Model):
+    job_id: str
+    holder: str  # the Job's workflow id
+    spec: JobSpec
+
+
+class AskReceipt(Model):
+    ledger_workflow_id: str
+    resources: dict[str, int]
+
+
+class CapacitySnapshot(Model):
+    """A target's declared capacity and, when the engine can tell, what it really has free."""
+
+    capacity: dict[str, int]
+    engine_free: dict[str, int] | None = None
+    engine_note: str | None = None
+
+
+class LeaseGrant(Model):
+    target: str
+    resources: dict[str, int]
+    granted_at: datetime
+    message: str
+
+
+class LeaseNotice(Model):
+    """The ledger tells a waiting Job where it stands, or why it will never be granted."""
+
+    message: str
+    refused: bool = False
+
+
+class JobRef(Model):
+    job_id: str
+
+
+class HolderList(Model):
+    holders: list[str]

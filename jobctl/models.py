@@ -176,6 +176,15 @@ class JobLinks(Model):
     replaces_engine_job_id: str | None = None
 
 
+class LeaseStatus(Model):
+    """What the Job holds on its Deployment Target (released when the Job ends)."""
+
+    target: str
+    resources: dict[str, int]
+    granted_at: datetime | None = None
+    ledger_workflow_id: str
+
+
 class JobStatus(Model):
     state: JobState = JobState.STARTING
     # Engine-neutral: the id the engine knows this Job by (Flink job id, Dataflow job id).
@@ -187,6 +196,7 @@ class JobStatus(Model):
     terminating: TerminatingStatus | None = None
     failure: Failure | None = None
     savepoint: SavepointStatus | None = None
+    lease: LeaseStatus | None = None
     links: JobLinks = Field(default_factory=JobLinks)
     # The most recent events (newest last), including requests that were rejected and why.
     events: list[JobEvent] = Field(default_factory=list)

@@ -14,5 +14,8 @@ class Settings(BaseSettings):
     targets: str = Field(default="targets.yaml", description="path of the Deployment Targets file")
     # How often a worker looks at each engine job while observing it.
     poll_interval_seconds: float = Field(default=2.0, gt=0)
+    # How often a Deployment Target's ledger looks for leases held by Jobs that closed without releasing
+    # them (an operator's `temporal workflow terminate`): the bound on how long a leaked lease lives.
+    lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)
     # Timeout of one engine API call.
     engine_timeout_seconds: float = Field(default=30.0, gt=0)

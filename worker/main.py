@@ -16,11 +16,12 @@ from temporalio.worker import Worker
 from activities.job import JobActivities
 from jobctl.settings import Settings
 from jobctl.targets import DeploymentTargets
+from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow
 
 log = logging.getLogger("jobctl.worker")
 
-WORKFLOWS: Sequence[type] = (JobWorkflow,)
+WORKFLOWS: Sequence[type] = (JobWorkflow, DeploymentTargetWorkflow)
 
 
 async def connect(settings: Settings | None = None) -> Client:

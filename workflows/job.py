@@ -32,6 +32,11 @@ with workflow.unsafe.imports_passed_through():
     from jobctl import engine
     from jobctl.engine import (
         AcquireInput,
+        AskInput,
+        AskReceipt,
+        JobRef,
+        LeaseGrant,
+        LeaseNotice,
         Observation,
         ObserveInput,
         StopInput,
@@ -49,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         JobLinks,
         JobMetadata,
         JobStatus,
+        LeaseStatus,
         RequestAnswer,
         SavepointStatus,
         StartedStatus,
@@ -71,6 +77,8 @@ DEPLOYMENT_NAME = SearchAttributeKey.for_keyword("DeploymentName")
 ENGINE_JOB_ID = SearchAttributeKey.for_keyword("EngineJobId")
 
 MAX_EVENTS = 50
+# Jobs started before this change acquire without a lease; replays of their histories take that path.
+LEASES_PATCH = "deployment-target-leases"
 # Long-poll bound for one observe activity: long enough that a quiet job writes a handful of events a
 # day, short enough that lastUpdateTime is never older than this.
 OBSERVE_MAX_WAIT = timedelta(hours=4)
@@ -120,6 +128,11 @@ class JobWorkflow:
         # waits for the engine to report this Job's engine job replaced.
         self._in_place: TerminatingStatus | None = None
         self._successor: Any = None
+        # Deployment Target lease: the ledger asked (before a grant), the grant or refusal it sent.
+        self._ledger_id: str | None = None
+        self._grant: LeaseGrant | None = None
+        self._refusal: str | None = None
+        self._lease_confirmed = False
         # An unfinished request carried over continue-as-new.
         if self._status.state is JobState.TERMINATING and self._status.terminating:
             self._request = self._status.terminating
@@ -151,6 +164,10 @@ class JobWorkflow:
                 await self._carry_out_request()
                 continue
             await self._observe()
+            if self._status.state is JobState.STARTED and self._status.lease and not self._lease_confirmed:
+                # The engine job runs: its slots now show in the engine's own free capacity.
+                self._lease_confirmed = True
+                await self._tell_ledger("confirm")
             if self._in_place is not None and self._successor is not None and self._successor.done():
                 self._successor_ended_first()
             if self._should_continue_as_new():
@@ -160,6 +177,8 @@ class JobWorkflow:
                     workflow.continue_as_new(self._job)
 
         self._job.metadata.terminated_at = self._job.metadata.terminated_at or workflow.now()
+        # Every exit releases what the Job holds on its Deployment Target (or withdraws its queued ask).
+        await self._tell_ledger("release")
         if self._status.links.successor_job_id and self._update_spec and self._successor is None:
             await self._start_successor(self._status.links.successor_job_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -170,23 +189,11 @@ class JobWorkflow:
 
     async def _start(self) -> None:
         spec = self._job.spec
-        self._status.starting_message = (
-            f"acquiring {spec.parallelism} slot(s) on Deployment Target {spec.deployment_target_name}"
-        )
-        self._publish()
-        grant = await self._unless_stopped(
-            workflow.start_activity(
-                engine.ACQUIRE,
-                AcquireInput(job_id=self._job.metadata.id, spec=spec),
-                result_type=engine.Grant,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=_RETRY_FOREVER,
-                summary=f"acquire {spec.parallelism} slot(s) on {spec.deployment_target_name}",
-            )
-        )
-        if grant is None:
+        if workflow.patched(LEASES_PATCH):
+            if not await self._acquire_lease():
+                return
+        elif not await self._acquire_unleased():
             return
-        self._event("RESOURCES_ACQUIRED", grant.message)
         self._status.starting_message = f"submitting to {spec.deployment_target_name}"
         self._publish()
         submission = await self._unless_stopped(
@@ -213,6 +220,88 @@ class JobWorkflow:
         self._event("SUBMITTED", f"{verb} engine job {submission.engine_job_id}")
         workflow.upsert_search_attributes([ENGINE_JOB_ID.value_set(submission.engine_job_id)])
         self._publish()
+
+    async def _acquire_lease(self) -> bool:
+        """Ask the Deployment Target's ledger for what the Job needs and wait in its FIFO queue."""
+        spec = self._job.spec
+        self._status.starting_message = f"asking Deployment Target {spec.deployment_target_name} for resources"
+        self._publish()
+        receipt: AskReceipt | None = await self._unless_stopped(
+            workflow.start_activity(
+                engine.ASK,
+                AskInput(job_id=self._job.metadata.id, holder=workflow.info().workflow_id, spec=spec),
+                result_type=AskReceipt,
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=_RETRY_FOREVER,
+                summary=f"queue on Deployment Target {spec.deployment_target_name}",
+            )
+        )
+        if receipt is None:
+            return False
+        self._ledger_id = receipt.ledger_workflow_id
+        await workflow.wait_condition(
+            lambda: self._grant is not None or self._refusal is not None or self._request is not None
+        )
+        if self._grant is None:
+            if self._refusal is not None and self._request is None:
+                self._status.failure = Failure(reason="InvalidSpec", message=self._refusal, failed_at=workflow.now())
+                self._set_state(JobState.FAILED, self._refusal)
+                self._publish()
+            return False  # cancelled while waiting: the release at the end withdraws the ask
+        self._status.lease = LeaseStatus(
+            target=self._grant.target,
+            resources=self._grant.resources,
+            granted_at=self._grant.granted_at,
+            ledger_workflow_id=receipt.ledger_workflow_id,
+        )
+        self._event("RESOURCES_ACQUIRED", self._grant.message)
+        return True
+
+    async def _acquire_unleased(self) -> bool:
+        """Jobs that started before Deployment Target leases: check free slots, hold nothing."""
+        spec = self._job.spec
+        self._status.starting_message = (
+            f"acquiring {spec.parallelism} slot(s) on Deployment Target {spec.deployment_target_name}"
+        )
+        self._publish()
+        grant = await self._unless_stopped(
+            workflow.start_activity(
+                engine.ACQUIRE,
+                AcquireInput(job_id=self._job.metadata.id, spec=spec),
+                result_type=engine.Grant,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_RETRY_FOREVER,
+                summary=f"acquire {spec.parallelism} slot(s) on {spec.deployment_target_name}",
+            )
+        )
+        if grant is None:
+            return False
+        self._event("RESOURCES_ACQUIRED", grant.message)
+        return True
+
+    async def _tell_ledger(self, signal: str) -> None:
+        """Signal the Deployment Target's ledger about this Job (confirm, release)."""
+        ledger_id = self._status.lease.ledger_workflow_id if self._status.lease else self._ledger_id
+        if ledger_id is None:
+            return
+        try:
+            await workflow.get_external_workflow_handle(ledger_id).signal(signal, JobRef(job_id=self._job.metadata.id))
+        except Exception as err:  # the ledger is gone (an operator terminated it): it holds nothing of ours
+            workflow.logger.warning("could not %s the lease of Job %s: %s", signal, self._job.metadata.id, err)
+
+    @workflow.signal(name="lease_granted", description="From the Deployment Target's ledger.")
+    def lease_granted(self, grant: LeaseGrant) -> None:
+        self._grant = grant
+
+    @workflow.signal(name="lease_waiting", description="From the Deployment Target's ledger.")
+    def lease_waiting(self, notice: LeaseNotice) -> None:
+        if self._status.state is JobState.STARTING and self._grant is None:
+            self._status.starting_message = notice.message
+            self._publish()
+
+    @workflow.signal(name="lease_refused", description="From the Deployment Target's ledger.")
+    def lease_refused(self, notice: LeaseNotice) -> None:
+        self._refusal = notice.message
 
     async def _unless_stopped(self, task: asyncio.Task[Any]) -> Any:
         """Await a STARTING activity, unless a request to stop arrives first (then cancel it: None).

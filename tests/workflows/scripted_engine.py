@@ -12,12 +12,17 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
 from jobctl import engine
 from jobctl.engine import (
     AcquireInput,
+    AskInput,
+    AskReceipt,
+    CapacitySnapshot,
     Grant,
+    HolderList,
     Observation,
     ObserveInput,
     StopInput,
@@ -26,8 +31,10 @@ from jobctl.engine import (
     Submission,
     SubmitInput,
 )
+from jobctl.ledger import Ask, Ledger
 from jobctl.models import Engine, Job, JobMetadata, JobSpec
 from jobctl.states import EnginePhase, flink_phase
+from workflows.deployment_target import LedgerInput, ledger_workflow_id
 
 
 def observation(
@@ -83,6 +90,53 @@ class ScriptedEngine:
                 non_retryable=True,
             )
         return Grant(target=request.spec.deployment_target_name, slots=request.spec.parallelism, message="granted")
+
+    @activity.defn(name=engine.ASK)
+    async def ask(self, request: AskInput) -> AskReceipt:
+        """The real ledger workflow, a scripted target: 4 slots, free as `has_capacity` says."""
+        self.calls["ask"].append(request)
+        if request.spec.deployment_target_name == "nowhere":
+            raise ApplicationError(
+                "Deployment Target 'nowhere' is not declared (known targets: local)",
+                type="DeploymentTargetNotFound",
+                non_retryable=True,
+            )
+        target = request.spec.deployment_target_name
+        ask = Ask(
+            job_id=request.job_id,
+            holder=request.holder,
+            resources={"slots": request.spec.parallelism},
+            asked_at=datetime.now(UTC),
+        )
+        # One ledger per test (each test has its own task queue and worker).
+        ledger_id = f"{ledger_workflow_id(target)}-{activity.info().task_queue}"
+        await activity.client().start_workflow(
+            "DeploymentTargetWorkflow",
+            LedgerInput(ledger=Ledger(target=target, capacity=self.capacity_of()), reclaim_interval_seconds=2),
+            id=ledger_id,
+            task_queue=activity.info().task_queue,
+            start_signal="ask",
+            start_signal_args=[ask],
+        )
+        return AskReceipt(ledger_workflow_id=ledger_id, resources=ask.resources)
+
+    def capacity_of(self) -> dict[str, int]:
+        return {"slots": 4}
+
+    @activity.defn(name=engine.TARGET_CAPACITY)
+    async def capacity(self, target: str) -> CapacitySnapshot:
+        free = {"slots": 4 if self.has_capacity else 0}
+        return CapacitySnapshot(capacity=self.capacity_of(), engine_free=free, engine_note=f"{free['slots']} free")
+
+    @activity.defn(name=engine.CLOSED_HOLDERS)
+    async def closed_holders(self, request: HolderList) -> HolderList:
+        client = activity.client()
+        closed = []
+        for holder in request.holders:
+            description = await client.get_workflow_handle(holder).describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                closed.append(holder)
+        return HolderList(holders=closed)
 
     @activity.defn(name=engine.SUBMIT)
     async def submit(self, request: SubmitInput) -> Submission:
@@ -145,7 +199,7 @@ class ScriptedEngine:
         )
 
     def activities(self) -> list[object]:
-        return [self.acquire, self.submit, self.observe, self.stop]
+        return [self.acquire, self.ask, self.capacity, self.closed_holders, self.submit, self.observe, self.stop]
 
 
 def new_job(target: str = "local", **spec: object) -> Job:

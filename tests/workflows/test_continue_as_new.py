@@ -20,6 +20,7 @@ from jobctl.temporal_server import TemporalDevServer, free_port
 from tests.history import record
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from tests.workflows.test_job_workflow import wait_for, wait_state
+from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow
 
 
@@ -40,7 +41,9 @@ async def test_long_observed_job_continues_as_new_with_status_intact(small_histo
     client = await Client.connect(small_history_server.address, data_converter=pydantic_data_converter)
     engine = ScriptedEngine()
     task_queue = f"can-{uuid.uuid4()}"
-    async with Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=engine.activities()):
+    async with Worker(
+        client, task_queue=task_queue, workflows=[JobWorkflow, DeploymentTargetWorkflow], activities=engine.activities()
+    ):
         job: Job = new_job()
         handle = await client.start_workflow(JobWorkflow.run, job, id=job.workflow_id, task_queue=task_queue)
         first_run = handle.result_run_id

@@ -21,6 +21,7 @@ from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
+from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow, search_attributes_for
 
 
@@ -47,7 +48,7 @@ async def harness(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[Harne
     async with Worker(
         time_skipping_env.client,
         task_queue=task_queue,
-        workflows=[JobWorkflow],
+        workflows=[JobWorkflow, DeploymentTargetWorkflow],
         activities=engine.activities(),
     ):
         yield Harness(time_skipping_env.client, task_queue, engine)
@@ -254,7 +255,7 @@ async def test_cancel_while_waiting_for_resources_leaves_nothing_behind(harness:
     harness.engine.has_capacity = False
     job = new_job()
     handle = await harness.start(job)
-    await wait_for(handle, lambda s: len(harness.engine.calls["acquire"]) > 0, "acquiring")
+    await wait_for(handle, lambda s: len(harness.engine.calls["ask"]) > 0, "acquiring")
     answer = await handle.execute_update("cancel", {"reason": "changed my mind"}, result_type=RequestAnswer)
     assert answer.accepted
     result = await handle.result()
@@ -481,7 +482,7 @@ async def test_request_matrix(
     if state == "STARTING":
         harness.engine.has_capacity = False
         handle = await harness.start(job)
-        await wait_for(handle, lambda s: len(harness.engine.calls["acquire"]) > 0, "acquiring")
+        await wait_for(handle, lambda s: len(harness.engine.calls["ask"]) > 0, "acquiring")
     else:
         handle = await started(harness, job)
     if state == "TERMINATING":

@@ -1,0 +1,131 @@
+"""A Deployment Target's ledger: who holds what, who waits, in what order. Pure: no I/O, no Temporal.
+
+Resources are named amounts: a Flink session target has "slots"; a Dataflow target has "jobs" (and
+"workers" when the target caps them). A Job asks once for what its spec needs; the ledger grants in strict
+FIFO order (the head of the queue is never overtaken, so a big Job cannot starve behind small ones), never
+beyond capacity, and never twice to the same Job. Releasing removes whatever that Job holds or waits for,
+and nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from jobctl.models import Model
+
+Resources = dict[str, int]
+
+
+class Ask(Model):
+    job_id: str
+    holder: str  # the asking Job's workflow id (signalled on grant, checked for reclaim)
+    resources: Resources
+    asked_at: datetime
+
+
+class Lease(Model):
+    job_id: str
+    holder: str
+    resources: Resources
+    granted_at: datetime
+    # The Job confirmed its engine job runs: its use now shows in the engine's own free capacity.
+    confirmed: bool = False
+
+
+class Ledger(Model):
+    target: str
+    capacity: Resources = Field(default_factory=dict)
+    leases: dict[str, Lease] = Field(default_factory=dict)
+    queue: list[Ask] = Field(default_factory=list)
+
+    def used(self) -> Resources:
+        used: Resources = {key: 0 for key in self.capacity}
+        for lease in self.leases.values():
+            for key, amount in lease.resources.items():
+                used[key] = used.get(key, 0) + amount
+        return used
+
+    def free(self) -> Resources:
+        used = self.used()
+        return {key: self.capacity[key] - used.get(key, 0) for key in self.capacity}
+
+    def never_fits(self, resources: Resources) -> str | None:
+        """Why an ask can never be granted on this target, or None."""
+        for key, amount in resources.items():
+            if amount > self.capacity.get(key, 0):
+                return (
+                    f"needs {amount} {key} but Deployment Target {self.target} has {self.capacity.get(key, 0)} in all"
+                )
+        return None
+
+    def ask(self, ask: Ask) -> None:
+        """Queue an ask; asking again (a retried activity, a replayed signal) changes nothing."""
+        if ask.job_id in self.leases or any(a.job_id == ask.job_id for a in self.queue):
+            return
+        self.queue.append(ask)
+
+    def release(self, job_id: str) -> Resources:
+        """Drop the Job's lease or queued ask. Returns what it held (empty if it only waited)."""
+        self.queue = [a for a in self.queue if a.job_id != job_id]
+        lease = self.leases.pop(job_id, None)
+        return dict(lease.resources) if lease else {}
+
+    def confirm(self, job_id: str) -> None:
+        if job_id in self.leases:
+            self.leases[job_id].confirmed = True
+
+    def grantable(self, engine_free: Resources | None = None) -> list[Ask]:
+        """The asks at the head of the queue that fit now, in order; stops at the first that does not.
+
+        `engine_free` is what the engine itself reports free (a shared cluster may run jobs outside
+        jobctl); leases granted but not yet confirmed running are not in that figure yet, so they are
+        taken off it too.
+        """
+        free = self.free()
+        if engine_free is not None:
+            pending: Resources = {}
+            for lease in self.leases.values():
+                if not lease.confirmed:
+                    for key, amount in lease.resources.items():
+                        pending[key] = pending.get(key, 0) + amount
+            for key, amount in engine_free.items():
+                if key in free:
+                    free[key] = min(free[key], amount - pending.get(key, 0))
+        granted: list[Ask] = []
+        for ask in self.queue:
+            if any(ask.resources.get(key, 0) > free.get(key, 0) for key in ask.resources):
+                break
+            for key, amount in ask.resources.items():
+                free[key] = free.get(key, 0) - amount
+            granted.append(ask)
+        return granted
+
+    def grant(self, ask: Ask, now: datetime) -> Lease:
+        self.queue = [a for a in self.queue if a.job_id != ask.job_id]
+        lease = Lease(job_id=ask.job_id, holder=ask.holder, resources=dict(ask.resources), granted_at=now)
+        self.leases[ask.job_id] = lease
+        return lease
+
+    def position(self, job_id: str) -> int | None:
+        """How many asks wait ahead of this Job's ask (None if it is not queued)."""
+        for index, ask in enumerate(self.queue):
+            if ask.job_id == job_id:
+                return index
+        return None
+
+    def holders(self) -> list[str]:
+        return [lease.holder for lease in self.leases.values()] + [ask.holder for ask in self.queue]
+
+    def drop_holders(self, closed: set[str]) -> list[str]:
+        """Reclaim everything held or asked for by workflows that are closed. Returns their Job ids."""
+        gone = [lease.job_id for lease in self.leases.values() if lease.holder in closed]
+        gone += [ask.job_id for ask in self.queue if ask.holder in closed]
+        for job_id in gone:
+            self.release(job_id)
+        return gone
+
+
+def describe(resources: Resources) -> str:
+    return ", ".join(f"{amount} {key}" for key, amount in sorted(resources.items())) or "nothing"

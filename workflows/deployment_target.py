@@ -1,0 +1,163 @@
+"""DeploymentTargetWorkflow: the durable ledger of one Deployment Target (workflow id deployment-target-<name>).
+
+Jobs ask for what their spec needs (signal `ask`, sent with signal-with-start by the ask activity); the
+ledger grants in FIFO order up to the target's capacity, also checking what the engine itself reports free
+(a shared cluster may run jobs outside jobctl), and tells each Job by signal. Jobs release on every exit;
+a lease whose holder closed any other way (terminated by an operator, timed out) is reclaimed by a periodic
+check. The ledger lives in Temporal, so it survives worker crashes and server restarts.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from jobctl import engine
+    from jobctl.engine import CapacitySnapshot, HolderList, JobRef, LeaseGrant, LeaseNotice
+    from jobctl.ledger import Ask, Ledger, describe
+    from jobctl.models import Model
+
+# How often the ledger re-checks an engine that had no room (a shared cluster freeing slots by itself).
+RECHECK = timedelta(seconds=5)
+_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+class LedgerInput(Model):
+    ledger: Ledger
+    # How often leases of closed holders are looked for: the bound on how long a leaked lease lives.
+    reclaim_interval_seconds: float = 60.0
+    task_queue: str | None = None
+
+
+def ledger_workflow_id(target: str) -> str:
+    return f"deployment-target-{target}"
+
+
+@workflow.defn(name="DeploymentTargetWorkflow")
+class DeploymentTargetWorkflow:
+    @workflow.init
+    def __init__(self, request: LedgerInput) -> None:
+        self._input = request
+        self._ledger = request.ledger
+        self._changed = True
+        self._told: dict[str, str] = {}  # the last waiting message each Job was sent
+
+    @workflow.run
+    async def run(self, request: LedgerInput) -> None:
+        reclaim_every = timedelta(seconds=self._input.reclaim_interval_seconds)
+        next_reclaim = workflow.now() + reclaim_every
+        while True:
+            if self._ledger.queue:
+                await self._admit()
+            timeout = None
+            if self._ledger.queue:
+                timeout = RECHECK
+            elif self._ledger.leases:
+                timeout = max(next_reclaim - workflow.now(), timedelta(seconds=1))
+            self._changed = False
+            try:
+                await workflow.wait_condition(lambda: self._changed, timeout=timeout)
+            except TimeoutError:
+                pass
+            if self._ledger.holders() and workflow.now() >= next_reclaim:
+                await self._reclaim()
+                next_reclaim = workflow.now() + reclaim_every
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    LedgerInput(
+                        ledger=self._ledger,
+                        reclaim_interval_seconds=self._input.reclaim_interval_seconds,
+                        task_queue=self._input.task_queue,
+                    )
+                )
+
+    async def _admit(self) -> None:
+        snapshot: CapacitySnapshot = await workflow.execute_activity(
+            engine.TARGET_CAPACITY,
+            self._ledger.target,
+            result_type=CapacitySnapshot,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=_RETRY,
+            summary=f"capacity of {self._ledger.target}",
+        )
+        self._ledger.capacity = snapshot.capacity
+        for ask in list(self._ledger.queue):
+            why = self._ledger.never_fits(ask.resources)
+            if why:
+                self._ledger.release(ask.job_id)
+                await self._tell(ask.holder, "lease_refused", LeaseNotice(message=why, refused=True))
+        for ask in self._ledger.grantable(snapshot.engine_free):
+            lease = self._ledger.grant(ask, workflow.now())
+            self._told.pop(ask.job_id, None)
+            grant = LeaseGrant(
+                target=self._ledger.target,
+                resources=lease.resources,
+                granted_at=lease.granted_at,
+                message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
+            )
+            if not await self._tell(ask.holder, "lease_granted", grant):
+                self._ledger.release(ask.job_id)  # the holder is gone: nothing to hold for it
+        await self._tell_waiting(snapshot)
+
+    async def _tell_waiting(self, snapshot: CapacitySnapshot) -> None:
+        free = self._ledger.free()
+        for position, ask in enumerate(self._ledger.queue[:20]):
+            message = (
+                f"waiting for {describe(ask.resources)} on Deployment Target {self._ledger.target}, "
+                f"{position} job{'s' if position != 1 else ''} ahead ({describe(free)} free"
+                + (f"; {snapshot.engine_note}" if snapshot.engine_note else "")
+                + ")"
+            )
+            if self._told.get(ask.job_id) != message:
+                self._told[ask.job_id] = message
+                await self._tell(ask.holder, "lease_waiting", LeaseNotice(message=message))
+
+    async def _tell(self, holder: str, signal: str, payload: Model) -> bool:
+        """Signal a Job; False if it is gone (closed or never existed)."""
+        try:
+            await workflow.get_external_workflow_handle(holder).signal(signal, payload)
+            return True
+        except ApplicationError:
+            return False
+        except Exception:  # the SDK raises for a signal to a closed or unknown workflow
+            return False
+
+    async def _reclaim(self) -> None:
+        closed: HolderList = await workflow.execute_activity(
+            engine.CLOSED_HOLDERS,
+            HolderList(holders=sorted(set(self._ledger.holders()))),
+            result_type=HolderList,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_RETRY,
+            summary="find leases of closed Jobs",
+        )
+        if closed.holders:
+            gone = self._ledger.drop_holders(set(closed.holders))
+            for job_id in gone:
+                self._told.pop(job_id, None)
+            workflow.logger.info("reclaimed the leases of closed Jobs %s on %s", gone, self._ledger.target)
+            self._changed = True
+
+    @workflow.signal(name="ask")
+    def ask(self, ask: Ask) -> None:
+        self._ledger.ask(ask)
+        self._changed = True
+
+    @workflow.signal(name="release")
+    def release(self, ref: JobRef) -> None:
+        self._ledger.release(ref.job_id)
+        self._told.pop(ref.job_id, None)
+        self._changed = True
+
+    @workflow.signal(name="confirm")
+    def confirm(self, ref: JobRef) -> None:
+        self._ledger.confirm(ref.job_id)
+
+    @workflow.query(name="ledger", description="Capacity, leases (which Job holds what) and the queue.")
+    def ledger(self) -> Ledger:
+        return self._ledger
