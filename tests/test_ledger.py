@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from jobctl.ledger import Ask, Ledger, Resources
 
@@ -237,13 +237,22 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(job_id=st.sampled_from(JOB_IDS), holder=st.sampled_from(HOLDERS), data=st.data())
     def ask(self, job_id: str, holder: str, data: st.DataObject) -> None:
         capacity = self.ledger.capacity
+        # Mostly within capacity (0 included); now and then more than the target has in all, which
+        # blocks the head of the queue until that Job is released or reclaimed.
+        oversize = data.draw(st.integers(0, 5), label="oversize") == 0
+
+        def amount(key: str) -> int:
+            cap = capacity[key]
+            return data.draw(st.integers(cap + 1, cap + 2) if oversize else st.integers(0, cap), label=key)
+
         resources: Resources
         if "slots" in capacity:
-            resources = {"slots": data.draw(st.integers(0, capacity["slots"] + 1), label="slots")}
+            resources = {"slots": amount("slots")}
         else:
-            resources = {"jobs": data.draw(st.integers(0, capacity["jobs"] + 1), label="jobs")}
+            resources = {"jobs": amount("jobs")}
             if data.draw(st.booleans(), label="with workers"):
-                resources["workers"] = data.draw(st.integers(0, capacity["workers"] + 2), label="workers")
+                resources["workers"] = amount("workers")
+        assert (self.ledger.never_fits(resources) is not None) == oversize
         before_queue = list(self.ledger.queue)
         before_leases = self.ledger.model_copy(deep=True).leases
         self.ledger.ask(Ask(job_id=job_id, holder=holder, resources=resources, asked_at=self.now()))
@@ -255,11 +264,21 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.ledger.queue[-1].resources == resources
         assert self.ledger.leases == before_leases
 
-    @rule(
-        engine_free=st.none()
-        | st.fixed_dictionaries({}, optional={k: st.integers(-2, 12) for k in ["slots", "jobs", "workers", "gpus"]})
-    )
-    def grant_everything_grantable(self, engine_free: Resources | None) -> None:
+    @rule(mode=st.sampled_from(["ledger only", "engine", "arbitrary engine"]), data=st.data())
+    def grant_everything_grantable(self, mode: str, data: st.DataObject) -> None:
+        engine_free: Resources | None = None
+        if mode == "engine":
+            # What a shared engine would report: capacity minus use outside jobctl minus confirmed leases.
+            engine_free = {}
+            for key, cap in self.ledger.capacity.items():
+                outside = data.draw(st.integers(0, cap), label=f"outside {key}")
+                confirmed = sum(lease.resources.get(key, 0) for lease in self.ledger.leases.values() if lease.confirmed)
+                engine_free[key] = max(0, cap - outside - confirmed)
+        elif mode == "arbitrary engine":
+            keys = ["slots", "jobs", "workers", "gpus"]
+            engine_free = data.draw(
+                st.fixed_dictionaries({}, optional={k: st.integers(-2, 12) for k in keys}), label="engine_free"
+            )
         ledger = self.ledger
         queue_before = list(ledger.queue)
         # What may be granted: ledger free, tightened by what the engine reports minus unconfirmed leases.
@@ -289,6 +308,9 @@ class LedgerMachine(RuleBasedStateMachine):
             nxt = queue_before[len(granted)]
             left = {key: free.get(key, 0) - total.get(key, 0) for key in set(free) | set(total)}
             assert any(amount > left.get(key, 0) for key, amount in nxt.resources.items())
+        event(f"granted {len(granted)} with {mode}")
+        if engine_free is not None and any(free[k] < ledger.free()[k] for k in free):
+            event("engine_free tighter than ledger")
         for ask in granted:
             lease = ledger.grant(ask, self.now())
             assert lease.job_id == ask.job_id and lease.resources == ask.resources and not lease.confirmed
@@ -308,14 +330,15 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ledger.leases == others_leases
         assert self.ledger.queue == others_queue
 
-    @precondition(lambda self: bool(self.leased))
     @rule(data=st.data())
     def confirm(self, data: st.DataObject) -> None:
-        job_id = data.draw(st.sampled_from(sorted(self.leased) + ["job-unknown"]), label="confirm")
+        # Mostly a Job that holds a lease; sometimes one that only waits or is unknown (changes nothing).
+        job_id = data.draw(st.sampled_from(sorted(self.leased) or JOB_IDS) | st.sampled_from(JOB_IDS), label="confirm")
+        queue_before = list(self.ledger.queue)
         self.ledger.confirm(job_id)
         if job_id in self.leased:
             self.confirmed.add(job_id)
-        assert job_id not in queued(self.ledger)
+        assert self.ledger.queue == queue_before
 
     @rule(closed=st.sets(st.sampled_from(HOLDERS + ["wf-gone"])))
     def drop_holders(self, closed: set[str]) -> None:

@@ -71,7 +71,8 @@ async def client(
     """A Temporal client with a real jobctl worker whose Dataflow calls go to the emulator."""
     targets_file = tmp_path_factory.mktemp("targets-df") / "targets.yaml"
     target = {"name": "dataflow-local", "kind": "dataflow", "project": PROJECT, "region": REGION}
-    targets_file.write_text(yaml.safe_dump({"targets": [target]}))
+    small = {"name": "dataflow-small", "kind": "dataflow", "project": PROJECT, "region": REGION, "maxConcurrentJobs": 2}
+    targets_file.write_text(yaml.safe_dump({"targets": [target, small]}))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DATAFLOW_EMULATOR_HOST", emulator.address)
         client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
@@ -84,14 +85,14 @@ async def client(
             await activities.close()
 
 
-def dataflow_job(prefix: str, params: dict[str, str], job_id: str | None = None) -> Job:
+def dataflow_job(prefix: str, params: dict[str, str], job_id: str | None = None, target: str = "dataflow-local") -> Job:
     job_id = job_id or str(uuid.uuid4())
     return Job.model_validate(
         {
             "metadata": {"id": job_id, "name": prefix, "deploymentName": f"{prefix}-deployment"},
             "spec": {
                 "engine": "DATAFLOW",
-                "deploymentTargetName": "dataflow-local",
+                "deploymentTargetName": target,
                 "artifact": {
                     "kind": "FLEX_TEMPLATE",
                     # Unique per test: the emulator allows one active job per name.
@@ -127,6 +128,10 @@ async def wait_for(
             return status
         await asyncio.sleep(0.1)
     pytest.fail(f"Job never reached {what} within {timeout}s; last status: {status}")
+
+
+def asked_for_resources(status: JobStatus) -> bool:
+    return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
 
 
 async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 60) -> JobStatus:
@@ -312,3 +317,31 @@ async def test_update_replaces_the_dataflow_job_in_place(client: Client, emulato
     await record(handle, "real_dataflow_update")
     await successor.execute_update("cancel", {}, result_type=RequestAnswer)
     assert (await result(successor)).status.state is JobState.TERMINATED
+
+
+async def test_jobs_beyond_max_concurrent_jobs_wait_their_turn(client: Client, emulator: EmulatorServer) -> None:
+    jobs = [dataflow_job("contend", STREAMING, target="dataflow-small") for _ in range(3)]
+    handles = []
+    for job in jobs:
+        handles.append(await start(client, job))
+        # Start them one after the other, so the queue order is the submission order.
+        await wait_for(
+            handles[-1], lambda s: s.engine_job_id is not None or "waiting" in (s.starting_message or ""), "asked"
+        )
+    await wait_state(handles[0], JobState.STARTED)
+    await wait_state(handles[1], JobState.STARTED)
+    waiting = await wait_for(handles[2], lambda s: "0 jobs ahead" in (s.starting_message or ""), "third waits")
+    assert "waiting for 1 jobs on Deployment Target dataflow-small" in waiting.starting_message
+    assert waiting.engine_job_id is None
+    active = [
+        j
+        for j in emulator.model.jobs.values()
+        if j.name.startswith("contend-") and not j.state.name.endswith(("CANCELLED", "DRAINED", "DONE"))
+    ]
+    assert len(active) == 2
+
+    await handles[0].execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_state(handles[2], JobState.STARTED)
+    for handle in handles[1:]:
+        await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+        await wait_state(handle, JobState.TERMINATED)

@@ -23,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
 from jobctl.flink_cluster import FlinkCluster
+from jobctl.ledger import Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
 from jobctl.states import JobState
@@ -60,7 +61,9 @@ async def targets_file(flink_cluster: FlinkCluster, tmp_path_factory: pytest.Tem
 async def client(dev_server: TemporalDevServer, targets_file: Path) -> AsyncIterator[Client]:
     """A Temporal client with a real jobctl worker running beside it on the task queue."""
     client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
-    settings = Settings(targets=str(targets_file), task_queue=TASK_QUEUE, poll_interval_seconds=0.5)
+    settings = Settings(
+        targets=str(targets_file), task_queue=TASK_QUEUE, poll_interval_seconds=0.5, lease_reclaim_interval_seconds=2
+    )
     activities = JobActivities(DeploymentTargets.load(targets_file), settings)
     async with build_worker(client, activities, TASK_QUEUE):
         yield client
@@ -109,6 +112,10 @@ async def wait_for(
             return status
         await asyncio.sleep(0.25)
     pytest.fail(f"Job never reached {what} within {timeout}s; last status: {status}")
+
+
+def asked_for_resources(status: JobStatus) -> bool:
+    return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
 
 
 async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 120) -> JobStatus:
@@ -306,3 +313,84 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, 
 async def jobctl(dev_server: TemporalDevServer, *args: str) -> tuple[int, str, str]:
     env = dict(os.environ, TEMPORAL_ADDRESS=dev_server.address, JOBCTL_TASK_QUEUE=TASK_QUEUE, COLUMNS="200")
     return await run(sys.executable, "-m", "jobctl.cli", *args, env=env)
+
+
+async def flink_run_outside_jobctl(cluster: FlinkCluster, jar: Path, parallelism: int) -> str:
+    """Run a job on the cluster directly, as another team sharing the cluster would."""
+    async with httpx.AsyncClient(base_url=cluster.rest_url, timeout=60) as http:
+        with jar.open("rb") as f:
+            uploaded = await http.post("/jars/upload", files={"jarfile": (jar.name, f)})
+        jar_id = uploaded.json()["filename"].rsplit("/", 1)[-1]
+        run = await http.post(
+            f"/jars/{jar_id}/run", json={"entryClass": "example.Job", "programArgsList": [], "parallelism": parallelism}
+        )
+        assert run.status_code == 200, run.text
+        return run.json()["jobid"]
+
+
+async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_order(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    jobs = [flink_job(example_jar, "--mode", "unbounded", name=f"contend{i}") for i in range(6)]
+    handles = []
+    for job in jobs:
+        handles.append(await start(client, job))
+        await wait_for(
+            handles[-1], lambda s: s.engine_job_id is not None or "waiting" in (s.starting_message or ""), "asked"
+        )
+    for handle in handles[:4]:
+        await wait_state(handle, JobState.STARTED)
+    for position, handle in enumerate(handles[4:]):
+        status = await wait_for(handle, lambda s, p=position: f"{p} job" in (s.starting_message or ""), "queued")
+        assert status.state is JobState.STARTING and status.engine_job_id is None
+    overview = await flink_get(flink_cluster, "/jobs/overview")
+    running = {j["jid"] for j in overview["jobs"] if j["state"] == "RUNNING"}
+    assert running == {job.metadata.engine_job_id for job in jobs[:4]}
+
+    await handles[0].execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_state(handles[4], JobState.STARTED)
+    assert (await handles[5].query("status", result_type=JobStatus)).state is JobState.STARTING
+    await handles[1].execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_state(handles[5], JobState.STARTED)
+    for handle in handles[2:]:
+        await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+        await wait_state(handle, JobState.TERMINATED)
+
+
+async def test_admission_checks_the_clusters_real_free_slots(
+    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    outsider = await flink_run_outside_jobctl(flink_cluster, example_jar, parallelism=3)
+    job = flink_job(example_jar, "--mode", "unbounded", parallelism=2, name="shared")
+    handle = await start(client, job)
+    status = await wait_for(handle, lambda s: "the cluster reports" in (s.starting_message or ""), "waiting on Flink")
+    assert status.engine_job_id is None and "1 of 4 slots free" in status.starting_message
+    async with httpx.AsyncClient(base_url=flink_cluster.rest_url, timeout=10) as http:
+        await http.patch(f"/jobs/{outsider}", params={"mode": "cancel"})
+    await wait_state(handle, JobState.STARTED)
+    await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_state(handle, JobState.TERMINATED)
+
+
+async def test_lease_of_a_job_terminated_by_an_operator_is_reclaimed(
+    client: Client, dev_server: TemporalDevServer, flink_cluster: FlinkCluster, example_jar: Path
+) -> None:
+    holder = flink_job(example_jar, "--mode", "unbounded", parallelism=4, name="holder")
+    holder_handle = await start(client, holder)
+    await wait_state(holder_handle, JobState.STARTED)
+    waiter = flink_job(example_jar, "--mode", "bounded", "--records", "100", parallelism=4, name="waiter")
+    waiter_handle = await start(client, waiter)
+    await wait_for(waiter_handle, lambda s: "0 jobs ahead" in (s.starting_message or ""), "waiting")
+    code, _, err = await run(
+        str(temporal_cli()), "workflow", "terminate", "--address", dev_server.address,
+        "--workflow-id", holder.workflow_id, "--reason", "operator",
+    )  # fmt: skip
+    assert code == 0, err
+    # The terminated Job's Flink job still runs (nothing cancelled it); the ledger reclaims the lease,
+    # then waits for the cluster's real free slots, so cancel it as its owner would.
+    async with httpx.AsyncClient(base_url=flink_cluster.rest_url, timeout=10) as http:
+        await http.patch(f"/jobs/{holder.metadata.engine_job_id}", params={"mode": "cancel"})
+    final: Job = await asyncio.wait_for(waiter_handle.result(), timeout=120)
+    assert final.status and final.status.state is JobState.FINISHED
+    ledger = await client.get_workflow_handle("deployment-target-local").query("ledger", result_type=Ledger)
+    assert holder.metadata.id not in ledger.leases and ledger.queue == []

@@ -1,0 +1,112 @@
+"""Deployment Target leases on the real time-skipping server: FIFO waiting, visible queue, release on every
+exit, reclaim of a holder closed without releasing, and a retried ask that grants nothing twice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio.client import WorkflowHandle
+
+from jobctl.ledger import Ask, Ledger
+from jobctl.states import JobState
+from tests.workflows.scripted_engine import new_job
+from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
+
+__all__ = ["harness"]
+
+
+async def ledger_of(h: Harness, handle: WorkflowHandle | None = None) -> tuple[str, Ledger]:
+    """The test's ledger (one per test task queue, see ScriptedEngine.ask) and what it holds."""
+    ledger_id = f"deployment-target-local-{h.task_queue}"
+    return ledger_id, await h.client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
+
+
+async def test_jobs_beyond_capacity_wait_in_fifo_order_and_start_as_others_end(harness: Harness) -> None:
+    first = new_job(parallelism=2)
+    second = new_job(parallelism=2)
+    a = await started(harness, first)
+    b = await started(harness, second)
+    waiting = [new_job(parallelism=2), new_job(parallelism=1)]
+    c = await harness.start(waiting[0])
+    d = await harness.start(waiting[1])
+    status_c = await wait_for(c, lambda s: "0 jobs ahead" in (s.starting_message or ""), "c waiting first")
+    assert "waiting for 2 slots on Deployment Target local" in status_c.starting_message
+    # The 1-slot Job waits behind the 2-slot one although 0 slots are free for either: FIFO, no overtaking.
+    await wait_for(d, lambda s: "1 job ahead" in (s.starting_message or ""), "d waiting second")
+    _, ledger = await ledger_of(harness, a)
+    assert sorted(ledger.leases) == sorted([first.metadata.id, second.metadata.id])
+    assert [ask.job_id for ask in ledger.queue] == [waiting[0].metadata.id, waiting[1].metadata.id]
+
+    await a.signal("cancel", {})
+    await wait_state(a, JobState.TERMINATED)
+    status_c = await wait_for(c, lambda s: s.engine_job_id is not None, "c submitted after a released")
+    assert status_c.lease and status_c.lease.resources == {"slots": 2}
+    d_status = await wait_for(d, lambda s: "0 jobs ahead" in (s.starting_message or ""), "d now first")
+    assert d_status.state is JobState.STARTING and d_status.engine_job_id is None
+
+    await b.signal("cancel", {})
+    await wait_for(d, lambda s: s.engine_job_id is not None, "d submitted after b released")
+    for handle in (c, d):
+        await handle.signal("cancel", {})
+        await wait_state(handle, JobState.TERMINATED)
+    _, ledger = await ledger_of(harness, a)
+    assert ledger.leases == {} and ledger.queue == []
+
+
+async def test_cancel_while_queued_withdraws_only_its_own_ask(harness: Harness) -> None:
+    holders = [await started(harness, new_job(parallelism=2)) for _ in range(2)]
+    queued = [new_job(), new_job(), new_job()]
+    handles = [await harness.start(job) for job in queued]
+    await wait_for(handles[2], lambda s: "2 jobs ahead" in (s.starting_message or ""), "third in line")
+    await handles[1].signal("cancel", {"reason": "not needed"})
+    await wait_state(handles[1], JobState.TERMINATED)
+    ledger_id, ledger = await ledger_of(harness, holders[0])
+    assert [ask.job_id for ask in ledger.queue] == [queued[0].metadata.id, queued[2].metadata.id]
+    assert len(ledger.leases) == 2
+    await wait_for(handles[2], lambda s: "1 job ahead" in (s.starting_message or ""), "third moved up")
+    for handle in holders + [handles[0], handles[2]]:
+        await handle.signal("cancel", {})
+        await wait_state(handle, JobState.TERMINATED)
+    ledger = await harness.client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
+    assert ledger.leases == {} and ledger.queue == []
+
+
+async def test_lease_of_a_terminated_job_is_reclaimed(harness: Harness) -> None:
+    holder_job = new_job(parallelism=4)
+    holder = await started(harness, holder_job)
+    waiting = await harness.start(new_job(parallelism=4))
+    await wait_for(waiting, lambda s: "0 jobs ahead" in (s.starting_message or ""), "waiting")
+    # An operator's `temporal workflow terminate`: the Job cannot release anything itself.
+    await holder.terminate(reason="operator")
+    status = await wait_for(waiting, lambda s: s.engine_job_id is not None, "granted after the reclaim")
+    assert status.lease and status.lease.resources == {"slots": 4}
+    _, ledger = await ledger_of(harness, waiting)
+    assert list(ledger.leases) == [waiting.id.removeprefix("job-")]
+    await waiting.signal("cancel", {})
+    await wait_state(waiting, JobState.TERMINATED)
+
+
+async def test_a_repeated_ask_grants_nothing_twice(harness: Harness) -> None:
+    job = new_job(parallelism=3)
+    handle = await started(harness, job)
+    ledger_id, _ = await ledger_of(harness, handle)
+    ledger_handle = harness.client.get_workflow_handle(ledger_id)
+    # What a worker killed mid-ask leaves behind: the same ask again (the activity is retried).
+    again = Ask(job_id=job.metadata.id, holder=job.workflow_id, resources={"slots": 3}, asked_at=datetime.now(UTC))
+    await ledger_handle.signal("ask", again)
+    await ledger_handle.signal("ask", again)
+    other = await harness.start(new_job(parallelism=2))
+    await wait_for(other, lambda s: "0 jobs ahead" in (s.starting_message or ""), "other waits: 1 slot free")
+    ledger = await ledger_handle.query("ledger", result_type=Ledger)
+    assert list(ledger.leases) == [job.metadata.id] and ledger.leases[job.metadata.id].resources == {"slots": 3}
+    assert [a.job_id for a in ledger.queue] == [other.id.removeprefix("job-")]
+    for h in (handle, other):
+        await h.signal("cancel", {})
+        await wait_state(h, JobState.TERMINATED)
+
+
+async def test_a_job_bigger_than_the_target_fails_with_the_reason(harness: Harness) -> None:
+    handle = await harness.start(new_job(parallelism=9))
+    status = await wait_state(handle, JobState.FAILED)
+    assert status.failure and "needs 9 slots" in status.failure.message and "has 4 in all" in status.failure.message
+    assert harness.engine.calls["submit"] == []
