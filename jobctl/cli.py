@@ -286,20 +286,68 @@ def update(
 @app.command()
 def targets(
     file: Annotated[Path | None, typer.Option(help="Deployment Targets file (default: $JOBCTL_TARGETS)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print capacity, leases and queues as JSON")] = False,
+    offline: Annotated[bool, typer.Option(help="only read the file; do not ask Temporal for leases")] = False,
 ) -> None:
-    """List the Deployment Targets the worker reads."""
+    """List the Deployment Targets: capacity, leases (which Job holds what) and the queue."""
+    from jobctl.ledger import Ledger, describe
+    from workflows.deployment_target import ledger_workflow_id
+
     path = file or Path(Settings().targets)
     try:
         declared = DeploymentTargets.load(path)
     except TargetsError as exc:
         fail(str(exc))
-    table = Table("name", "kind", "where", "capacity")
+    ledgers: dict[str, Ledger] = {}
+    if not offline:
+        client = _connect()
+
+        async def read() -> None:
+            for t in declared.all():
+                try:
+                    handle = client.get_workflow_handle(ledger_workflow_id(t.name))
+                    ledgers[t.name] = await handle.query("ledger", result_type=Ledger)
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    # No Job has asked this target for anything yet.
+
+        asyncio.run(read())
+    if as_json:
+        _print_json(
+            [
+                {"target": _dump(t), "ledger": _dump(ledgers[t.name]) if t.name in ledgers else None}
+                for t in declared.all()
+            ]
+        )
+        return
+    table = Table("name", "kind", "where", "capacity", "in use", "leases", "queue")
     for t in declared.all():
-        if t.kind == "flink-session":
-            table.add_row(t.name, t.kind, t.base_url, f"{t.slots} slots")
-        else:
-            table.add_row(t.name, t.kind, f"{t.project}/{t.region}", f"{t.max_concurrent_jobs} jobs")
+        where = t.base_url if t.kind == "flink-session" else f"{t.project}/{t.region}"
+        capacity = f"{t.slots} slots" if t.kind == "flink-session" else f"{t.max_concurrent_jobs} jobs"
+        ledger = ledgers.get(t.name)
+        used = describe({k: v for k, v in ledger.used().items() if v}) if ledger else "-"
+        table.add_row(
+            t.name,
+            t.kind,
+            where,
+            capacity,
+            used,
+            str(len(ledger.leases)) if ledger else "0",
+            str(len(ledger.queue)) if ledger else "0",
+        )
     out.print(table)
+    for name, ledger in ledgers.items():
+        if not ledger.leases and not ledger.queue:
+            continue
+        detail = Table("Job", "holds / asks for", "since", "", title=f"{name}", title_justify="left")
+        for lease in ledger.leases.values():
+            detail.add_row(lease.job_id, describe(lease.resources), f"{lease.granted_at:%Y-%m-%d %H:%M:%S}", "lease")
+        for position, ask in enumerate(ledger.queue):
+            detail.add_row(
+                ask.job_id, describe(ask.resources), f"{ask.asked_at:%Y-%m-%d %H:%M:%S}", f"queued #{position + 1}"
+            )
+        out.print(detail)
 
 
 @app.command()

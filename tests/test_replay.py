@@ -12,9 +12,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.history import HISTORIES
+from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow
 
-STORED = sorted(HISTORIES.glob("*.json"))
+# tests/histories/v1/: recorded before Deployment Target leases (the patched-out acquire path).
+STORED = sorted(HISTORIES.rglob("*.json"))
 
 # The paths the stored histories must cover; adding a path means recording its history too.
 REQUIRED = {
@@ -33,23 +35,28 @@ REQUIRED = {
     "real_flink_failed",
     "real_dataflow_drain",
     "real_dataflow_update",
+    "lease_reclaimed_waiter",
+    "ledger_fifo",
 }
 
 
 def workflow_id_of(history: dict) -> str:  # type: ignore[type-arg]
     """JobWorkflow checks that its workflow id is job-<metadata.id>: replay under the id it ran with."""
     started = history["events"][0]["workflowExecutionStartedEventAttributes"]
-    job = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
-    return f"job-{job['metadata']['id']}"
+    first = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
+    if "ledger" in first:  # a DeploymentTargetWorkflow
+        return f"deployment-target-{first['ledger']['target']}"
+    return f"job-{first['metadata']['id']}"
 
 
 def test_every_required_path_has_a_stored_history() -> None:
-    assert REQUIRED <= {p.stem for p in STORED}, "record them: JOBCTL_RECORD_HISTORIES=1 pytest"
+    current = {p.stem for p in HISTORIES.glob("*.json")}
+    assert REQUIRED <= current, f"record {REQUIRED - current}: JOBCTL_RECORD_HISTORIES=1 pytest"
 
 
-@pytest.mark.parametrize("path", STORED, ids=[p.stem for p in STORED])
+@pytest.mark.parametrize("path", STORED, ids=[str(p.relative_to(HISTORIES)) for p in STORED])
 async def test_history_replays(path: Path) -> None:
     raw = json.loads(path.read_text())
     history = WorkflowHistory.from_json(workflow_id_of(raw), raw)
-    replayer = Replayer(workflows=[JobWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[JobWorkflow, DeploymentTargetWorkflow], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)

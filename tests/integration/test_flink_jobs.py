@@ -329,7 +329,7 @@ async def flink_run_outside_jobctl(cluster: FlinkCluster, jar: Path, parallelism
 
 
 async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_order(
-    client: Client, flink_cluster: FlinkCluster, example_jar: Path
+    client: Client, dev_server: TemporalDevServer, targets_file: Path, flink_cluster: FlinkCluster, example_jar: Path
 ) -> None:
     jobs = [flink_job(example_jar, "--mode", "unbounded", name=f"contend{i}") for i in range(6)]
     handles = []
@@ -346,6 +346,11 @@ async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_ord
     overview = await flink_get(flink_cluster, "/jobs/overview")
     running = {j["jid"] for j in overview["jobs"] if j["state"] == "RUNNING"}
     assert running == {job.metadata.engine_job_id for job in jobs[:4]}
+    code, out, err = await jobctl(dev_server, "targets", "--file", str(targets_file), "--json")
+    assert code == 0, err
+    [local] = json.loads(out)
+    assert sorted(local["ledger"]["leases"]) == sorted(job.metadata.id for job in jobs[:4])
+    assert [ask["jobId"] for ask in local["ledger"]["queue"]] == [job.metadata.id for job in jobs[4:]]
 
     await handles[0].execute_update("cancel", {}, result_type=RequestAnswer)
     await wait_state(handles[4], JobState.STARTED)

@@ -9,6 +9,7 @@ from temporalio.client import WorkflowHandle
 
 from jobctl.ledger import Ask, Ledger
 from jobctl.states import JobState
+from tests.history import record
 from tests.workflows.scripted_engine import new_job
 from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
 
@@ -49,8 +50,9 @@ async def test_jobs_beyond_capacity_wait_in_fifo_order_and_start_as_others_end(h
     for handle in (c, d):
         await handle.signal("cancel", {})
         await wait_state(handle, JobState.TERMINATED)
-    _, ledger = await ledger_of(harness, a)
+    ledger_id, ledger = await ledger_of(harness, a)
     assert ledger.leases == {} and ledger.queue == []
+    await record(harness.client.get_workflow_handle(ledger_id), "ledger_fifo")
 
 
 async def test_cancel_while_queued_withdraws_only_its_own_ask(harness: Harness) -> None:
@@ -84,6 +86,7 @@ async def test_lease_of_a_terminated_job_is_reclaimed(harness: Harness) -> None:
     assert list(ledger.leases) == [waiting.id.removeprefix("job-")]
     await waiting.signal("cancel", {})
     await wait_state(waiting, JobState.TERMINATED)
+    await record(waiting, "lease_reclaimed_waiter")
 
 
 async def test_a_repeated_ask_grants_nothing_twice(harness: Harness) -> None:
