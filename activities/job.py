@@ -109,7 +109,13 @@ class JobActivities:
                 non_retryable=True,
             )
         ledger_id = ledger_workflow_id(target.name)
-        ask = Ask(job_id=request.job_id, holder=request.holder, resources=needs, asked_at=datetime.now(UTC))
+        ask = Ask(
+            job_id=request.job_id,
+            holder=request.holder,
+            resources=needs,
+            asked_at=datetime.now(UTC),
+            takes_over=request.takes_over,
+        )
         await activity.client().start_workflow(
             "DeploymentTargetWorkflow",
             LedgerInput(

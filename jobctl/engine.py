@@ -130,6 +130,8 @@ class AskInput(Model):
     job_id: str
     holder: str  # the Job's workflow id
     spec: JobSpec
+    # The predecessor whose lease this Job takes over (the successor of an update).
+    takes_over: str | None = None
 
 
 class AskReceipt(Model):

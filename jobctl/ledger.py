@@ -23,6 +23,9 @@ class Ask(Model):
     holder: str  # the asking Job's workflow id (signalled on grant, checked for reclaim)
     resources: Resources
     asked_at: datetime
+    # An update's successor takes over its predecessor's lease: it goes to the head of the queue, so
+    # no other Job can take the predecessor's resources between the two.
+    takes_over: str | None = None
 
 
 class Lease(Model):
@@ -32,6 +35,8 @@ class Lease(Model):
     granted_at: datetime
     # The Job confirmed its engine job runs: its use now shows in the engine's own free capacity.
     confirmed: bool = False
+    # The predecessor's lease this one took over; it goes back if this Job ends before it ever ran.
+    taken_from: Lease | None = None
 
 
 class Ledger(Model):
@@ -39,6 +44,8 @@ class Ledger(Model):
     capacity: Resources = Field(default_factory=dict)
     leases: dict[str, Lease] = Field(default_factory=dict)
     queue: list[Ask] = Field(default_factory=list)
+    # Predecessor leases handed to a queued successor's ask, until it is granted.
+    handovers: dict[str, Lease] = Field(default_factory=dict)
 
     def used(self) -> Resources:
         used: Resources = {key: 0 for key in self.capacity}
@@ -64,17 +71,30 @@ class Ledger(Model):
         """Queue an ask; asking again (a retried activity, a replayed signal) changes nothing."""
         if ask.job_id in self.leases or any(a.job_id == ask.job_id for a in self.queue):
             return
-        self.queue.append(ask)
+        previous = self.leases.pop(ask.takes_over, None) if ask.takes_over else None
+        if previous is not None:
+            self.handovers[ask.job_id] = previous
+            self.queue.insert(0, ask)
+        else:
+            self.queue.append(ask)
 
     def release(self, job_id: str) -> Resources:
         """Drop the Job's lease or queued ask. Returns what it held (empty if it only waited)."""
         self.queue = [a for a in self.queue if a.job_id != job_id]
         lease = self.leases.pop(job_id, None)
+        # A successor that ends before its engine job ever ran gives its predecessor's lease back (an
+        # update that could not launch leaves the predecessor running, and holding what it uses).
+        previous = self.handovers.pop(job_id, None) or (lease.taken_from if lease and not lease.confirmed else None)
+        if previous is not None:
+            self.leases[previous.job_id] = previous
         return dict(lease.resources) if lease else {}
 
     def confirm(self, job_id: str) -> None:
+        """The Job's engine job runs: its use shows in the engine's free capacity, and a lease it took
+        over from its predecessor is its own for good."""
         if job_id in self.leases:
             self.leases[job_id].confirmed = True
+            self.leases[job_id].taken_from = None
 
     def grantable(self, engine_free: Resources | None = None) -> list[Ask]:
         """The asks at the head of the queue that fit now, in order; stops at the first that does not.
@@ -104,7 +124,13 @@ class Ledger(Model):
 
     def grant(self, ask: Ask, now: datetime) -> Lease:
         self.queue = [a for a in self.queue if a.job_id != ask.job_id]
-        lease = Lease(job_id=ask.job_id, holder=ask.holder, resources=dict(ask.resources), granted_at=now)
+        lease = Lease(
+            job_id=ask.job_id,
+            holder=ask.holder,
+            resources=dict(ask.resources),
+            granted_at=now,
+            taken_from=self.handovers.pop(ask.job_id, None),
+        )
         self.leases[ask.job_id] = lease
         return lease
 

@@ -37,6 +37,8 @@ REQUIRED = {
     "real_dataflow_update",
     "lease_reclaimed_waiter",
     "ledger_fifo",
+    "flink_update_handover",
+    "in_place_update_handover",
 }
 
 

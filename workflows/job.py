@@ -79,6 +79,8 @@ ENGINE_JOB_ID = SearchAttributeKey.for_keyword("EngineJobId")
 MAX_EVENTS = 50
 # Jobs started before this change acquire without a lease; replays of their histories take that path.
 LEASES_PATCH = "deployment-target-leases"
+# An update's successor takes over the lease instead of the predecessor releasing it first.
+HANDOVER_PATCH = "lease-handover-to-successor"
 # Long-poll bound for one observe activity: long enough that a quiet job writes a handful of events a
 # day, short enough that lastUpdateTime is never older than this.
 OBSERVE_MAX_WAIT = timedelta(hours=4)
@@ -177,10 +179,16 @@ class JobWorkflow:
                     workflow.continue_as_new(self._job)
 
         self._job.metadata.terminated_at = self._job.metadata.terminated_at or workflow.now()
-        # Every exit releases what the Job holds on its Deployment Target (or withdraws its queued ask).
-        await self._tell_ledger("release")
-        if self._status.links.successor_job_id and self._update_spec and self._successor is None:
+        successor_pending = bool(self._status.links.successor_job_id and self._update_spec and self._successor is None)
+        if successor_pending and workflow.patched(HANDOVER_PATCH):
+            # The successor takes over this Job's lease (no other Job can slip in between); should it
+            # never ask, the lease of this closed Job is reclaimed.
             await self._start_successor(self._status.links.successor_job_id)
+        else:
+            # Every other exit releases what the Job holds on its Deployment Target (or withdraws its ask).
+            await self._tell_ledger("release")
+            if successor_pending:
+                await self._start_successor(self._status.links.successor_job_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._job.status = self._status
         return self._job
@@ -229,7 +237,12 @@ class JobWorkflow:
         receipt: AskReceipt | None = await self._unless_stopped(
             workflow.start_activity(
                 engine.ASK,
-                AskInput(job_id=self._job.metadata.id, holder=workflow.info().workflow_id, spec=spec),
+                AskInput(
+                    job_id=self._job.metadata.id,
+                    holder=workflow.info().workflow_id,
+                    spec=spec,
+                    takes_over=self._status.links.predecessor_job_id,
+                ),
                 result_type=AskReceipt,
                 start_to_close_timeout=timedelta(minutes=1),
                 retry_policy=_RETRY_FOREVER,

@@ -107,6 +107,7 @@ class ScriptedEngine:
             holder=request.holder,
             resources={"slots": request.spec.parallelism},
             asked_at=datetime.now(UTC),
+            takes_over=request.takes_over,
         )
         # One ledger per test (each test has its own task queue and worker).
         ledger_id = f"{ledger_workflow_id(target)}-{activity.info().task_queue}"

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from temporalio.client import WorkflowHandle
 
 from jobctl.ledger import Ask, Ledger
-from jobctl.states import JobState
+from jobctl.models import JobStatus, RequestAnswer
+from jobctl.states import EnginePhase, JobState
 from tests.history import record
 from tests.workflows.scripted_engine import new_job
 from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
@@ -113,3 +114,39 @@ async def test_a_job_bigger_than_the_target_fails_with_the_reason(harness: Harne
     status = await wait_state(handle, JobState.FAILED)
     assert status.failure and "needs 9 slots" in status.failure.message and "has 4 in all" in status.failure.message
     assert harness.engine.calls["submit"] == []
+
+
+async def test_an_updated_job_keeps_its_slots_for_its_successor(harness: Harness) -> None:
+    first = new_job(parallelism=2)
+    a = await started(harness, first)
+    b = await started(harness, new_job(parallelism=2))
+    c = await harness.start(new_job(parallelism=2))
+    await wait_for(c, lambda s: "0 jobs ahead" in (s.starting_message or ""), "c waits")
+    await a.execute_update("update", {"spec": first.spec.model_dump(by_alias=True)}, result_type=RequestAnswer)
+    old = await a.result()
+    successor = harness.client.get_workflow_handle(f"job-{old.status.links.successor_job_id}")
+    status = await wait_for(successor, lambda s: s.engine_job_id is not None, "successor submitted")
+    assert status.lease and status.lease.resources == {"slots": 2}
+    c_status = await c.query("status", result_type=JobStatus)
+    assert c_status.state is JobState.STARTING and c_status.engine_job_id is None
+    await record(a, "flink_update_handover")
+    for handle in (successor, b, c):
+        await handle.signal("cancel", {})
+        await wait_state(handle, JobState.TERMINATED)
+
+
+async def test_an_in_place_update_on_a_full_target_does_not_deadlock(harness: Harness) -> None:
+    harness.engine.updates_in_place = True
+    job = new_job(parallelism=4)
+    handle = await started(harness, job)
+    await handle.execute_update("update", {"spec": job.spec.model_dump(by_alias=True)}, result_type=RequestAnswer)
+    status = await wait_for(handle, lambda s: s.links.successor_job_id is not None, "successor linked")
+    successor = harness.client.get_workflow_handle(f"job-{status.links.successor_job_id}")
+    await wait_for(successor, lambda s: s.engine_job_id is not None, "successor submitted on the full target")
+    harness.engine.push(job.metadata.engine_job_id, "JOB_STATE_UPDATED", phase=EnginePhase.STOPPED)
+    await wait_state(handle, JobState.TERMINATED)
+    _, ledger = await ledger_of(harness)
+    assert list(ledger.leases) == [successor.id.removeprefix("job-")]
+    await record(handle, "in_place_update_handover")
+    await successor.signal("cancel", {})
+    await wait_state(successor, JobState.TERMINATED)
