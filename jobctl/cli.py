@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobctl.models import Job, JobStatus, RequestAnswer, workflow_id_for
@@ -102,23 +101,14 @@ def start(
     as_json: Annotated[bool, typer.Option("--json", help="print the started Job as JSON")] = False,
 ) -> None:
     """Start a Job from a Job file."""
-    from workflows.job import search_attributes_for
+    from jobctl.client import start_job
 
     job = load_job_file(file, job_id_of(job_id) if job_id else None)
     settings = Settings()
     client = _connect()
 
     async def go() -> None:
-        await client.start_workflow(
-            "JobWorkflow",
-            job,
-            id=job.workflow_id,
-            task_queue=settings.task_queue,
-            search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
-            static_summary=f"{job.spec.engine} Job {job.metadata.name or job.metadata.id} on "
-            f"{job.spec.deployment_target_name}",
-            static_details=f"Deployment **{job.metadata.deployment_name or '-'}**, Job id `{job.metadata.id}`",
-        )
+        await start_job(client, job, settings.task_queue)
 
     try:
         asyncio.run(go())

@@ -18,19 +18,17 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from activities.job import JobActivities
+from jobctl.client import start_job
 from jobctl.dataflow_emulator import EmulatorConfig, serve
 from jobctl.models import Job
 from jobctl.settings import Settings
-from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, TemporalSetupError
 from worker.main import build_worker
-from workflows.job import search_attributes_for
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_JOB_FILE = REPO / "examples" / "jobs" / "streaming.yaml"
@@ -177,14 +175,7 @@ class DevStack:
         if jar is not None:
             raw["spec"]["artifact"]["jarUri"] = jar.as_uri()
         job = Job.model_validate(raw)
-        await client.start_workflow(
-            "JobWorkflow",
-            job,
-            id=job.workflow_id,
-            task_queue=settings.task_queue,
-            search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
-            static_summary=f"example {job.spec.engine} Job {job.metadata.name} on {job.spec.deployment_target_name}",
-        )
+        await start_job(client, job, settings.task_queue, summary=f"example {job.spec.engine} Job {job.metadata.name}")
         id_file.write_text(job.metadata.id)
         return job.metadata.id
 

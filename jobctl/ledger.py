@@ -48,9 +48,13 @@ class Ledger(Model):
     handovers: dict[str, Lease] = Field(default_factory=dict)
 
     def used(self) -> Resources:
+        """What is held. A lease taken over from a predecessor keeps the predecessor's resources counted
+        until the successor's engine job runs (they go back to the predecessor if it never does), and a
+        predecessor's lease handed to a successor still waiting counts as held too."""
         used: Resources = {key: 0 for key in self.capacity}
-        for lease in self.leases.values():
-            for key, amount in lease.resources.items():
+        held = [_held(lease) for lease in self.leases.values()] + [h.resources for h in self.handovers.values()]
+        for resources in held:
+            for key, amount in resources.items():
                 used[key] = used.get(key, 0) + amount
         return used
 
@@ -115,10 +119,12 @@ class Ledger(Model):
                     free[key] = min(free[key], amount - pending.get(key, 0))
         granted: list[Ask] = []
         for ask in self.queue:
-            if any(ask.resources.get(key, 0) > free.get(key, 0) for key in ask.resources):
+            # A successor may use what its predecessor handed over, on top of what is free.
+            handed = self.handovers[ask.job_id].resources if ask.job_id in self.handovers else {}
+            if any(ask.resources.get(key, 0) > free.get(key, 0) + handed.get(key, 0) for key in ask.resources):
                 break
             for key, amount in ask.resources.items():
-                free[key] = free.get(key, 0) - amount
+                free[key] = free.get(key, 0) - max(0, amount - handed.get(key, 0))
             granted.append(ask)
         return granted
 
@@ -146,11 +152,24 @@ class Ledger(Model):
 
     def drop_holders(self, closed: set[str]) -> list[str]:
         """Reclaim everything held or asked for by workflows that are closed. Returns their Job ids."""
-        gone = [lease.job_id for lease in self.leases.values() if lease.holder in closed]
-        gone += [ask.job_id for ask in self.queue if ask.holder in closed]
-        for job_id in gone:
-            self.release(job_id)
-        return gone
+        gone: list[str] = []
+        # Releasing a successor can give its predecessor's lease back: repeat until nothing of a closed
+        # holder is left.
+        while True:
+            found = [lease.job_id for lease in self.leases.values() if lease.holder in closed]
+            found += [ask.job_id for ask in self.queue if ask.holder in closed]
+            if not found:
+                return gone
+            for job_id in found:
+                self.release(job_id)
+            gone += found
+
+
+def _held(lease: Lease) -> Resources:
+    if lease.taken_from is None:
+        return lease.resources
+    keys = set(lease.resources) | set(lease.taken_from.resources)
+    return {k: max(lease.resources.get(k, 0), lease.taken_from.resources.get(k, 0)) for k in keys}
 
 
 def describe(resources: Resources) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port
 from tests.history import record
+from tests.waiting import wait_for, wait_state
 from worker.main import build_worker
 from workflows.job import search_attributes_for
 
@@ -117,25 +118,8 @@ async def start(client: Client, job: Job) -> WorkflowHandle:
     )
 
 
-async def wait_for(
-    handle: WorkflowHandle, check: Callable[[JobStatus], bool], what: str, timeout: float = 60
-) -> JobStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    status: JobStatus | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        status = await handle.query("status", result_type=JobStatus)
-        if check(status):
-            return status
-        await asyncio.sleep(0.1)
-    pytest.fail(f"Job never reached {what} within {timeout}s; last status: {status}")
-
-
 def asked_for_resources(status: JobStatus) -> bool:
     return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
-
-
-async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 60) -> JobStatus:
-    return await wait_for(handle, lambda s: s.state is state, str(state), timeout)
 
 
 def observed(status: JobStatus) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
+from tests.waiting import wait_for, wait_state
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow, search_attributes_for
@@ -56,21 +57,6 @@ async def harness(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[Harne
 
 async def status_of(handle: WorkflowHandle) -> JobStatus:
     return await handle.query("status", result_type=JobStatus)
-
-
-async def wait_for(handle: WorkflowHandle, check: Callable[[JobStatus], bool], what: str) -> JobStatus:
-    """Poll the status query until `check` holds; fail after a bounded time with the last status."""
-    status = None
-    for _ in range(400):
-        status = await status_of(handle)
-        if check(status):
-            return status
-        await asyncio.sleep(0.05)
-    pytest.fail(f"Job never reached {what}; last status: {status.model_dump_json(indent=1) if status else None}")
-
-
-async def wait_state(handle: WorkflowHandle, state: JobState) -> JobStatus:
-    return await wait_for(handle, lambda s: s.state is state, str(state))
 
 
 def jid(job: Job) -> str:
