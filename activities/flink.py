@@ -73,17 +73,26 @@ class FlinkEngine:
             )
         return response.json()
 
-    async def _restarts(self, target: FlinkSessionTarget, jid: str) -> int | None:
+    async def _restarts(self, target: FlinkSessionTarget, jid: str, status: str) -> int | None:
+        """Flink's restart count. The numRestarts metric is collected lazily (absent on a first look, or
+        once the job ended unobserved); the exception history then tells: one entry per failure, and a
+        FAILED job's last failure was not followed by a restart."""
         response = await self._call(target, "GET", f"/jobs/{jid}/metrics", params={"get": "numRestarts"})
+        if response.status_code == 200:
+            for metric in response.json():
+                if metric.get("id") == "numRestarts":
+                    try:
+                        return int(float(metric["value"]))
+                    except (KeyError, ValueError):
+                        break
+        response = await self._call(target, "GET", f"/jobs/{jid}/exceptions", params={"maxExceptions": 1000})
         if response.status_code != 200:
             return None
-        for metric in response.json():
-            if metric.get("id") == "numRestarts":
-                try:
-                    return int(float(metric["value"]))
-                except (KeyError, ValueError):
-                    return None
-        return None
+        history = response.json().get("exceptionHistory") or {}
+        if history.get("truncated"):
+            return None
+        failures = len(history.get("entries") or [])
+        return max(0, failures - 1) if status == "FAILED" else failures
 
     async def _root_cause(self, target: FlinkSessionTarget, jid: str) -> str | None:
         response = await self._call(target, "GET", f"/jobs/{jid}/exceptions", params={"maxExceptions": 1})
@@ -220,7 +229,7 @@ class FlinkEngine:
                     "(was the cluster restarted without high availability?)",
                 )
             status = str(details.get("state", UNKNOWN))
-            restarts = await self._restarts(target, jid)
+            restarts = await self._restarts(target, jid, status)
             failure = await self._root_cause(target, jid) if status == "FAILED" else None
         except FlinkUnreachable as err:
             return _observation(jid, UNKNOWN, last_restarts, unreachable=str(err))
