@@ -267,6 +267,11 @@ class DataflowEngine:
             capacity["workers"] = target.max_workers
         return capacity
 
+    async def engine_free(self, target: DataflowTarget) -> tuple[dict[str, int] | None, str | None]:
+        # The ledger's own count of concurrent jobs is the limit: jobs jobctl did not launch do not
+        # share the target's quota, so there is nothing the engine could add.
+        return None, None
+
     async def acquire(self, job_id: str, spec: JobSpec, target: DataflowTarget) -> Grant:
         # spec.parallelism means nothing to Dataflow (it autoscales workers); maxWorkers is what a target caps.
         where = where_of(spec, target)

@@ -75,6 +75,7 @@ class JobActivities:
 
     @activity.defn(name=engine.ACQUIRE)
     async def acquire(self, request: AcquireInput) -> Grant:
+        """Kept for Jobs started before Deployment Target leases (they replay and resume on this path)."""
         eng, target = self._target(request.job_id, request.spec)
         return await eng.acquire(request.job_id, request.spec, target)
 
@@ -139,7 +140,7 @@ class JobActivities:
             # Removed from the targets file: grant nothing more; existing leases end with their Jobs.
             return CapacitySnapshot(capacity={}, engine_note=f"{target_name} is no longer declared")
         eng = self.flink if isinstance(target, FlinkSessionTarget) else self.dataflow
-        free, note = await eng.engine_free(target) if hasattr(eng, "engine_free") else (None, None)
+        free, note = await eng.engine_free(target)
         return CapacitySnapshot(capacity=eng.capacity(target), engine_free=free, engine_note=note)
 
     @activity.defn(name=engine.CLOSED_HOLDERS)
