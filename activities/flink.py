@@ -117,7 +117,7 @@ class FlinkEngine:
         """The slots the cluster itself reports free: a cluster shared with jobs outside jobctl has fewer
         than the ledger thinks. Unreachable: nothing is free (never grant what cannot be verified)."""
         try:
-            response = await self._call(target, "GET", "/overview")
+            response = await self._call(target, "GET", "/overview", timeout=5)
             overview = response.json()
             free = int(overview.get("slots-available", 0))
             return {"slots": free}, f"the cluster reports {free} of {overview.get('slots-total')} slots free"

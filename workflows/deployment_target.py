@@ -81,7 +81,8 @@ class DeploymentTargetWorkflow:
             engine.TARGET_CAPACITY,
             self._ledger.target,
             result_type=CapacitySnapshot,
-            start_to_close_timeout=timedelta(minutes=1),
+            # Short: an attempt lost with a crashed worker must not hold up admission for long.
+            start_to_close_timeout=timedelta(seconds=15),
             retry_policy=_RETRY,
             summary=f"capacity of {self._ledger.target}",
         )
@@ -132,7 +133,7 @@ class DeploymentTargetWorkflow:
             engine.CLOSED_HOLDERS,
             HolderList(holders=sorted(set(self._ledger.holders()))),
             result_type=HolderList,
-            start_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
             summary="find leases of closed Jobs",
         )

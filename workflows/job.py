@@ -244,7 +244,7 @@ class JobWorkflow:
                     takes_over=self._status.links.predecessor_job_id,
                 ),
                 result_type=AskReceipt,
-                start_to_close_timeout=timedelta(minutes=1),
+                start_to_close_timeout=timedelta(seconds=20),
                 retry_policy=_RETRY_FOREVER,
                 summary=f"queue on Deployment Target {spec.deployment_target_name}",
             )

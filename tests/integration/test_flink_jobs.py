@@ -184,7 +184,7 @@ async def test_failing_job_ends_failed_with_restarts_and_root_cause(
 ) -> None:
     job = flink_job(example_jar, "--mode", "failing", "--restarts", "2")
     handle = await start(client, job)
-    final: Job = await asyncio.wait_for(handle.result(), timeout=180)
+    final: Job = await asyncio.wait_for(handle.result(), timeout=90)
     assert final.status and final.status.state is JobState.FAILED
     assert final.status.failure and final.status.failure.reason == "ENGINE_JOB_FAILED"
     assert "example job failing on purpose" in final.status.failure.message
@@ -383,3 +383,77 @@ async def test_lease_of_a_job_terminated_by_an_operator_is_reclaimed(
     assert final.status and final.status.state is JobState.FINISHED
     ledger = await client.get_workflow_handle("deployment-target-local").query("ledger", result_type=Ledger)
     assert holder.metadata.id not in ledger.leases and ledger.queue == []
+
+
+async def start_worker_process(
+    dev_server: TemporalDevServer, targets: Path, task_queue: str
+) -> asyncio.subprocess.Process:
+    """`jobctl worker` as its own process, as users run it (and as a crash kills it)."""
+    env = dict(
+        os.environ,
+        TEMPORAL_ADDRESS=dev_server.address,
+        JOBCTL_TASK_QUEUE=task_queue,
+        JOBCTL_TARGETS=str(targets),
+        JOBCTL_POLL_INTERVAL_SECONDS="0.5",
+        JOBCTL_LEASE_RECLAIM_INTERVAL_SECONDS="2",
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobctl.cli", "worker", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_a_worker_killed_while_a_job_waits_grants_nothing_twice(
+    client: Client, dev_server: TemporalDevServer, flink_cluster: FlinkCluster, example_jar: Path, tmp_path: Path
+) -> None:
+    from jobctl.dev import write_targets
+
+    # A one-slot target of its own, served only by worker processes this test starts and kills.
+    targets = write_targets(tmp_path / "targets.yaml", flink_cluster.rest_url, 1, flink_cluster.savepoint_dir)
+    targets.write_text(targets.read_text().replace("name: local", "name: crash-local"))
+    task_queue = f"crash-{uuid.uuid4()}"
+    jobs = [flink_job(example_jar, "--mode", "unbounded", name=f"crash{i}") for i in range(2)]
+    for job in jobs:
+        job.spec.deployment_target_name = "crash-local"
+    worker = await start_worker_process(dev_server, targets, task_queue)
+    try:
+        handles = []
+        for job in jobs:  # one after the other: the first takes the slot, the second waits for it
+            handles.append(
+                await client.start_workflow(
+                    "JobWorkflow", job, id=job.workflow_id, task_queue=task_queue, result_type=Job
+                )
+            )
+            await wait_for(handles[-1], asked_for_resources, "asked")
+        await wait_state(handles[0], JobState.STARTED)
+        await wait_for(handles[1], lambda s: "0 jobs ahead" in (s.starting_message or ""), "second waits")
+
+        worker.kill()  # SIGKILL: no graceful shutdown, activities and workflow tasks cut off
+        await worker.wait()
+        worker = await start_worker_process(dev_server, targets, task_queue)
+
+        await handles[0].execute_update("cancel", {}, result_type=RequestAnswer)
+        await wait_state(handles[0], JobState.TERMINATED, every=1)
+        # After a SIGKILL, work the dead worker held comes back after Temporal's timeouts (a lost
+        # activity attempt, a workflow task on the dead worker's sticky queue): allow for them.
+        freed = asyncio.get_running_loop().time()
+        status = await wait_state(handles[1], JobState.STARTED, every=1, timeout=90)
+        took = asyncio.get_running_loop().time() - freed
+        print(f"crash test: the waiting Job started {took:.1f}s after the slot was freed")
+        assert status.lease and status.lease.resources == {"slots": 1}
+        ledger = await client.get_workflow_handle("deployment-target-crash-local").query("ledger", result_type=Ledger)
+        assert list(ledger.leases) == [jobs[1].metadata.id] and ledger.queue == []
+        assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jobs[0].metadata.engine_job_id)] == [
+            "CANCELED"
+        ]
+        assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jobs[1].metadata.engine_job_id)] == [
+            "RUNNING"
+        ]
+        await handles[1].execute_update("cancel", {}, result_type=RequestAnswer)
+        await wait_state(handles[1], JobState.TERMINATED)
+        ledger = await client.get_workflow_handle("deployment-target-crash-local").query("ledger", result_type=Ledger)
+        assert ledger.leases == {} and ledger.queue == []
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()

@@ -156,8 +156,10 @@ class ScriptedEngine:
     @activity.defn(name=engine.OBSERVE)
     async def observe(self, request: ObserveInput) -> Observation:
         self.calls["observe"].append(request)
-        # A long-poll: answer as soon as the engine reports something new, else with what the workflow knows.
-        for _ in range(10):
+        # A long-poll: answer as soon as the engine reports something new, else (rarely, as the real one)
+        # with what the workflow knows. Answering "no news" often would race with requests: the
+        # time-skipping server then refuses to cancel an observe that just completed.
+        for _ in range(100):
             current = self._current.get(request.engine_job_id)
             if current is not None and current.differs_from(request.last):
                 self.engine_jobs[request.engine_job_id] = current.engine_status

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from temporalio.client import WorkflowHandle
 
 from jobctl.ledger import Ask, Ledger
-from jobctl.models import JobStatus, RequestAnswer
+from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
 from tests.workflows.scripted_engine import new_job
@@ -23,14 +23,25 @@ async def ledger_of(h: Harness, handle: WorkflowHandle | None = None) -> tuple[s
     return ledger_id, await h.client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
 
 
+async def queued(h: Harness, job: Job) -> WorkflowHandle:
+    """Start a Job and wait until it is in the ledger's queue, so queue order is start order."""
+    handle = await h.start(job)
+    await wait_for(
+        handle,
+        lambda s: "jobs ahead" in (s.starting_message or "") or "job ahead" in (s.starting_message or ""),
+        "queued",
+    )
+    return handle
+
+
 async def test_jobs_beyond_capacity_wait_in_fifo_order_and_start_as_others_end(harness: Harness) -> None:
     first = new_job(parallelism=2)
     second = new_job(parallelism=2)
     a = await started(harness, first)
     b = await started(harness, second)
     waiting = [new_job(parallelism=2), new_job(parallelism=1)]
-    c = await harness.start(waiting[0])
-    d = await harness.start(waiting[1])
+    c = await queued(harness, waiting[0])
+    d = await queued(harness, waiting[1])
     status_c = await wait_for(c, lambda s: "0 jobs ahead" in (s.starting_message or ""), "c waiting first")
     assert "waiting for 2 slots on Deployment Target local" in status_c.starting_message
     # The 1-slot Job waits behind the 2-slot one although 0 slots are free for either: FIFO, no overtaking.
@@ -58,13 +69,13 @@ async def test_jobs_beyond_capacity_wait_in_fifo_order_and_start_as_others_end(h
 
 async def test_cancel_while_queued_withdraws_only_its_own_ask(harness: Harness) -> None:
     holders = [await started(harness, new_job(parallelism=2)) for _ in range(2)]
-    queued = [new_job(), new_job(), new_job()]
-    handles = [await harness.start(job) for job in queued]
+    waiting = [new_job(), new_job(), new_job()]
+    handles = [await queued(harness, job) for job in waiting]
     await wait_for(handles[2], lambda s: "2 jobs ahead" in (s.starting_message or ""), "third in line")
     await handles[1].signal("cancel", {"reason": "not needed"})
     await wait_state(handles[1], JobState.TERMINATED)
     ledger_id, ledger = await ledger_of(harness, holders[0])
-    assert [ask.job_id for ask in ledger.queue] == [queued[0].metadata.id, queued[2].metadata.id]
+    assert [ask.job_id for ask in ledger.queue] == [waiting[0].metadata.id, waiting[2].metadata.id]
     assert len(ledger.leases) == 2
     await wait_for(handles[2], lambda s: "1 job ahead" in (s.starting_message or ""), "third moved up")
     for handle in holders + [handles[0], handles[2]]:
