@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from temporalio.client import WorkflowHandle
 
-from jobctl.models import JobStatus
-from jobctl.states import JobState
+from jobctl.models import Job, JobStatus
+from jobctl.states import TERMINAL, JobState
 
 
 async def wait_for(
@@ -30,3 +30,19 @@ async def wait_for(
 
 async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 60, every: float = 0.1) -> JobStatus:
     return await wait_for(handle, lambda s: s.state is state, str(state), timeout, every)
+
+
+def asked_for_resources(status: JobStatus) -> bool:
+    """The Job got past asking its Deployment Target: it is queued or already submitted."""
+    return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
+
+
+async def final(handle: WorkflowHandle, timeout: float = 60) -> Job:
+    """The Job's workflow result, once its status says it ended.
+
+    Waiting on the status query first matters on the time-skipping server: awaiting a result unlocks time
+    skipping, which then races ahead of timers and heartbeats that the tests drive in real time.
+    """
+    await wait_for(handle, lambda s: s.state in TERMINAL, "a terminal state", timeout)
+    result = await handle.result()
+    return result if isinstance(result, Job) else Job.model_validate(result)

@@ -13,10 +13,10 @@ import pytest
 import pytest_asyncio
 import yaml
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
+from jobctl.client import start_job
 from jobctl.dataflow_emulator import EmulatorConfig, EmulatorServer, emulator_clients, serve
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
@@ -24,9 +24,8 @@ from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port
 from tests.history import record
-from tests.waiting import wait_for, wait_state
+from tests.waiting import asked_for_resources, wait_for, wait_state
 from worker.main import build_worker
-from workflows.job import search_attributes_for
 
 pytestmark = pytest.mark.integration
 
@@ -108,18 +107,7 @@ def dataflow_job(prefix: str, params: dict[str, str], job_id: str | None = None,
 
 
 async def start(client: Client, job: Job) -> WorkflowHandle:
-    return await client.start_workflow(
-        "JobWorkflow",
-        job,
-        id=job.workflow_id,
-        task_queue=TASK_QUEUE,
-        search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
-        result_type=Job,
-    )
-
-
-def asked_for_resources(status: JobStatus) -> bool:
-    return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
+    return await start_job(client, job, TASK_QUEUE)
 
 
 def observed(status: JobStatus) -> str | None:
@@ -309,9 +297,7 @@ async def test_jobs_beyond_max_concurrent_jobs_wait_their_turn(client: Client, e
     for job in jobs:
         handles.append(await start(client, job))
         # Start them one after the other, so the queue order is the submission order.
-        await wait_for(
-            handles[-1], lambda s: s.engine_job_id is not None or "waiting" in (s.starting_message or ""), "asked"
-        )
+        await wait_for(handles[-1], asked_for_resources, "asked")
     await wait_state(handles[0], JobState.STARTED)
     await wait_state(handles[1], JobState.STARTED)
     waiting = await wait_for(handles[2], lambda s: "0 jobs ahead" in (s.starting_message or ""), "third waits")

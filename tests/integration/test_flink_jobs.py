@@ -18,10 +18,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
+from jobctl.client import start_job
 from jobctl.flink_cluster import FlinkCluster
 from jobctl.ledger import Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
@@ -30,9 +30,8 @@ from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
 from tests.history import record
-from tests.waiting import wait_for, wait_state
+from tests.waiting import asked_for_resources, wait_for, wait_state
 from worker.main import build_worker
-from workflows.job import search_attributes_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,18 +91,7 @@ def flink_job(jar: Path, *args: str, parallelism: int = 1, name: str = "it") -> 
 
 
 async def start(client: Client, job: Job) -> WorkflowHandle:
-    return await client.start_workflow(
-        "JobWorkflow",
-        job,
-        id=job.workflow_id,
-        task_queue=TASK_QUEUE,
-        search_attributes=TypedSearchAttributes(search_attributes_for(job, JobState.STARTING)),
-        result_type=Job,
-    )
-
-
-def asked_for_resources(status: JobStatus) -> bool:
-    return status.engine_job_id is not None or "waiting" in (status.starting_message or "")
+    return await start_job(client, job, TASK_QUEUE)
 
 
 async def flink_get(cluster: FlinkCluster, path: str) -> Any:
@@ -319,9 +307,7 @@ async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_ord
     handles = []
     for job in jobs:
         handles.append(await start(client, job))
-        await wait_for(
-            handles[-1], lambda s: s.engine_job_id is not None or "waiting" in (s.starting_message or ""), "asked"
-        )
+        await wait_for(handles[-1], asked_for_resources, "asked")
     for handle in handles[:4]:
         await wait_state(handle, JobState.STARTED)
     for position, handle in enumerate(handles[4:]):

@@ -11,6 +11,7 @@ from jobctl.ledger import Ask, Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
+from tests.waiting import final
 from tests.workflows.scripted_engine import new_job
 from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
 
@@ -134,7 +135,7 @@ async def test_an_updated_job_keeps_its_slots_for_its_successor(harness: Harness
     c = await harness.start(new_job(parallelism=2))
     await wait_for(c, lambda s: "0 jobs ahead" in (s.starting_message or ""), "c waits")
     await a.execute_update("update", {"spec": first.spec.model_dump(by_alias=True)}, result_type=RequestAnswer)
-    old = await a.result()
+    old = await final(a)
     successor = harness.client.get_workflow_handle(f"job-{old.status.links.successor_job_id}")
     status = await wait_for(successor, lambda s: s.engine_job_id is not None, "successor submitted")
     assert status.lease and status.lease.resources == {"slots": 2}

@@ -20,7 +20,7 @@ from temporalio.worker import Worker
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
-from tests.waiting import wait_for, wait_state
+from tests.waiting import final, wait_for, wait_state
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow, search_attributes_for
@@ -102,7 +102,7 @@ async def test_bounded_job_finishes(harness: Harness) -> None:
     job = new_job()
     handle = await started(harness, job)
     harness.engine.push(jid(job), "FINISHED")
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.FINISHED
     assert result.metadata.terminated_at is not None
     await record(handle, "flink_finished")
@@ -113,7 +113,7 @@ async def test_job_that_finishes_before_seen_running_goes_straight_to_finished(h
     handle = await harness.start(job)
     await wait_for(handle, lambda s: s.engine_job_id is not None, "submitted")
     harness.engine.push(jid(job), "FINISHED")
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.FINISHED
     assert result.status.started and result.status.started.observed_flink_job_status == "FINISHED"
 
@@ -125,7 +125,7 @@ async def test_failing_job_counts_restarts_and_ends_failed_with_root_cause(harne
     status = await wait_for(handle, lambda s: s.started and s.started.observed_flink_job_restarts == 1, "1 restart")
     assert status.state is JobState.STARTED
     harness.engine.push(jid(job), "FAILED", restarts=2, failure="java.lang.RuntimeException: boom at record 7")
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.FAILED
     assert result.status.failure and "boom at record 7" in result.status.failure.message
     assert result.status.failure.reason == "ENGINE_JOB_FAILED"
@@ -153,7 +153,7 @@ async def test_engine_job_stopped_outside_jobctl_ends_terminated_and_says_so(har
     job = new_job()
     handle = await started(harness, job)
     harness.engine.push(jid(job), "CANCELED")
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     states = [e.message.split(":")[0] for e in result.status.events if e.kind == "STATE_CHANGED"]
     assert states[-2:] == ["STARTED -> TERMINATING", "TERMINATING -> TERMINATED"]
@@ -166,7 +166,7 @@ async def test_cancel_signal_in_started(harness: Harness) -> None:
     job = new_job()
     handle = await started(harness, job)
     await handle.signal("cancel", {"reason": "no longer needed"})
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.terminating and result.status.terminating.request == "CANCEL"
     assert result.status.terminating.reason == "no longer needed"
@@ -179,7 +179,7 @@ async def test_drain_update_records_the_savepoint(harness: Harness) -> None:
     handle = await started(harness, job)
     answer = await handle.execute_update("drain", {"reason": "maintenance"}, result_type=RequestAnswer)
     assert answer.accepted and "drain accepted" in answer.message
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.savepoint and result.status.savepoint.location.startswith("file:/tmp/savepoints/")
     assert result.status.savepoint.taken_for == "DRAIN"
@@ -192,7 +192,7 @@ async def test_drain_whose_savepoint_times_out_cancels_instead_and_says_so(harne
     job = new_job(savepointTimeoutSeconds=30)
     handle = await started(harness, job)
     await handle.signal("drain", {"savepointTimeoutSeconds": 5})
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.savepoint is None
     fallback = [e for e in result.status.events if e.kind == "DRAIN_FELL_BACK_TO_CANCEL"]
@@ -206,7 +206,7 @@ async def test_update_starts_a_successor_from_the_savepoint(harness: Harness) ->
     new_spec = job.spec.model_dump(by_alias=True) | {"parallelism": 2}
     answer = await handle.execute_update("update", {"spec": new_spec}, result_type=RequestAnswer)
     assert answer.accepted
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.savepoint and result.status.savepoint.taken_for == "UPDATE"
     successor_id = result.status.links.successor_job_id
@@ -244,7 +244,7 @@ async def test_cancel_while_waiting_for_resources_leaves_nothing_behind(harness:
     await wait_for(handle, lambda s: len(harness.engine.calls["ask"]) > 0, "acquiring")
     answer = await handle.execute_update("cancel", {"reason": "changed my mind"}, result_type=RequestAnswer)
     assert answer.accepted
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert harness.engine.calls["submit"] == []
     assert harness.engine.engine_jobs == {}
@@ -256,7 +256,7 @@ async def test_cancel_while_starting_after_submit_cancels_the_engine_job(harness
     handle = await harness.start(job)
     await wait_for(handle, lambda s: s.engine_job_id is not None, "submitted")
     await handle.signal("cancel", {})
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert harness.engine.engine_jobs[jid(job)] == "CANCELED"
 
@@ -276,7 +276,7 @@ async def test_retried_submit_adopts_the_engine_job_instead_of_submitting_twice(
 async def test_unknown_target_fails_starting_with_the_reason(harness: Harness) -> None:
     job = new_job(target="nowhere")
     handle = await harness.start(job)
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.FAILED
     assert result.status.failure and result.status.failure.reason == "DeploymentTargetNotFound"
     assert "known targets: local" in result.status.failure.message
@@ -315,7 +315,7 @@ async def test_requests_while_terminating_drain_reject_all_but_cancel_which_over
         assert "already carrying out a drain request" in str(err.value.cause)
     answer = await handle.execute_update("cancel", {"reason": "drain takes too long"}, result_type=RequestAnswer)
     assert answer.accepted
-    result = await handle.result()
+    result = await final(handle)
     gate.set()
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.terminating and result.status.terminating.request == "CANCEL"
@@ -362,7 +362,7 @@ async def test_second_cancel_is_answered_not_repeated(harness: Harness) -> None:
     handle = await started(harness, job)
     first = await handle.execute_update("cancel", {}, result_type=RequestAnswer)
     assert first.accepted
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert len(harness.engine.calls["stop"]) == 1
 
@@ -420,7 +420,7 @@ async def test_in_place_update_ends_the_old_job_when_the_engine_reports_it_repla
     assert successor_status.links.replaces_engine_job_id == jid(job)
     assert harness.engine.calls["submit"][-1].replaces_engine_job_id == jid(job)
     harness.engine.push(jid(job), "JOB_STATE_UPDATED", phase=EnginePhase.STOPPED)
-    result = await handle.result()
+    result = await final(handle)
     assert result.status and result.status.state is JobState.TERMINATED
     assert result.status.savepoint is None
     stopping = [e.message for e in result.status.events if e.kind == "ENGINE_JOB_STOPPING"]
@@ -494,7 +494,7 @@ async def test_request_matrix(
             assert f"{kind} signal rejected" in [e.message for e in rejected.events if e.kind == "REQUEST_REJECTED"][0]
 
     if accepted:
-        result = await handle.result()
+        result = await final(handle)
         assert result.status and result.status.state is ends
         if kind == "update":
             assert result.status.links.successor_job_id
