@@ -401,6 +401,7 @@ async def test_a_worker_killed_while_a_job_waits_grants_nothing_twice(
     jobs = [flink_job(example_jar, "--mode", "unbounded", name=f"crash{i}") for i in range(2)]
     for job in jobs:
         job.spec.deployment_target_name = "crash-local"
+    began = asyncio.get_running_loop().time()
     worker = await start_worker_process(dev_server, targets, task_queue)
     try:
         handles = []
@@ -410,20 +411,22 @@ async def test_a_worker_killed_while_a_job_waits_grants_nothing_twice(
                     "JobWorkflow", job, id=job.workflow_id, task_queue=task_queue, result_type=Job
                 )
             )
-            await wait_for(handles[-1], asked_for_resources, "asked")
-        await wait_state(handles[0], JobState.STARTED)
+            # The first ask waits for the worker process to come up (imports in a cold venv take a while).
+            await wait_for(handles[-1], asked_for_resources, "asked", timeout=120)
+        await wait_state(handles[0], JobState.STARTED, timeout=120)
         await wait_for(handles[1], lambda s: "0 jobs ahead" in (s.starting_message or ""), "second waits")
+        print(f"crash test: set up in {asyncio.get_running_loop().time() - began:.1f}s")
 
         worker.kill()  # SIGKILL: no graceful shutdown, activities and workflow tasks cut off
         await worker.wait()
         worker = await start_worker_process(dev_server, targets, task_queue)
 
         await handles[0].execute_update("cancel", {}, result_type=RequestAnswer)
-        await wait_state(handles[0], JobState.TERMINATED, every=1)
         # After a SIGKILL, work the dead worker held comes back after Temporal's timeouts (a lost
         # activity attempt, a workflow task on the dead worker's sticky queue): allow for them.
+        await wait_state(handles[0], JobState.TERMINATED, every=1, timeout=120)
         freed = asyncio.get_running_loop().time()
-        status = await wait_state(handles[1], JobState.STARTED, every=1, timeout=90)
+        status = await wait_state(handles[1], JobState.STARTED, every=1, timeout=120)
         took = asyncio.get_running_loop().time() - freed
         print(f"crash test: the waiting Job started {took:.1f}s after the slot was freed")
         assert status.lease and status.lease.resources == {"slots": 1}
