@@ -62,16 +62,17 @@ class JobActivities:
             raise ApplicationError(
                 f"Job {job_id}: {err}", type="DeploymentTargetNotFound", non_retryable=True
             ) from None
-        if spec.engine is Engine.FLINK and isinstance(target, FlinkSessionTarget):
-            return self.flink, target
-        if spec.engine is Engine.DATAFLOW and isinstance(target, DataflowTarget):
-            return self.dataflow, target
+        if (spec.engine is Engine.FLINK) == isinstance(target, FlinkSessionTarget):
+            return self._engine_of(target), target
         raise ApplicationError(
             f"Job {job_id}: engine {spec.engine} cannot run on Deployment Target {target.name} of kind "
             f"{target.kind}; pick a target of the engine's kind",
             type="InvalidSpec",
             non_retryable=True,
         )
+
+    def _engine_of(self, target: FlinkSessionTarget | DataflowTarget) -> Any:
+        return self.flink if isinstance(target, FlinkSessionTarget) else self.dataflow
 
     @activity.defn(name=engine.ACQUIRE)
     async def acquire(self, request: AcquireInput) -> Grant:
@@ -139,7 +140,7 @@ class JobActivities:
         except UnknownTarget:
             # Removed from the targets file: grant nothing more; existing leases end with their Jobs.
             return CapacitySnapshot(capacity={}, engine_note=f"{target_name} is no longer declared")
-        eng = self.flink if isinstance(target, FlinkSessionTarget) else self.dataflow
+        eng = self._engine_of(target)
         free, note = await eng.engine_free(target)
         return CapacitySnapshot(capacity=eng.capacity(target), engine_free=free, engine_note=note)
 
