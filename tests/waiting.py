@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
+from jobctl.ledger import Ledger
 from jobctl.models import Job, JobStatus
 from jobctl.states import TERMINAL, JobState
 
@@ -46,3 +47,27 @@ async def final(handle: WorkflowHandle, timeout: float = 60) -> Job:
     await wait_for(handle, lambda s: s.state in TERMINAL, "a terminal state", timeout)
     result = await handle.result()
     return result if isinstance(result, Job) else Job.model_validate(result)
+
+
+async def wait_ledger(
+    client: Client, ledger_id: str, check: Callable[[Ledger], bool], what: str, timeout: float = 60
+) -> Ledger:
+    """Poll a Deployment Target's `ledger` query until `check` holds.
+
+    A Job's status says TERMINATED before its release signal reaches the ledger, so a check right
+    after a Job ends must wait for the ledger to catch up.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    ledger: Ledger | None = None
+    while loop.time() < deadline:
+        ledger = await client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
+        if check(ledger):
+            return ledger
+        await asyncio.sleep(0.1)
+    shown = ledger.model_dump_json(indent=1) if ledger else None
+    pytest.fail(f"ledger {ledger_id} never reached {what} within {timeout}s; last: {shown}")
+
+
+def all_released(ledger: Ledger) -> bool:
+    return ledger.leases == {} and ledger.queue == []

@@ -30,7 +30,7 @@ from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
 from tests.history import record
-from tests.waiting import asked_for_resources, wait_for, wait_state
+from tests.waiting import all_released, asked_for_resources, wait_for, wait_ledger, wait_state
 from worker.main import build_worker
 
 pytestmark = pytest.mark.integration
@@ -367,8 +367,12 @@ async def test_lease_of_a_job_terminated_by_an_operator_is_reclaimed(
         await http.patch(f"/jobs/{holder.metadata.engine_job_id}", params={"mode": "cancel"})
     final: Job = await asyncio.wait_for(waiter_handle.result(), timeout=120)
     assert final.status and final.status.state is JobState.FINISHED
-    ledger = await client.get_workflow_handle("deployment-target-local").query("ledger", result_type=Ledger)
-    assert holder.metadata.id not in ledger.leases and ledger.queue == []
+    await wait_ledger(
+        client,
+        "deployment-target-local",
+        lambda ledger: holder.metadata.id not in ledger.leases and ledger.queue == [],
+        "the terminated holder's lease reclaimed",
+    )
 
 
 async def start_worker_process(
@@ -440,8 +444,7 @@ async def test_a_worker_killed_while_a_job_waits_grants_nothing_twice(
         ]
         await handles[1].execute_update("cancel", {}, result_type=RequestAnswer)
         await wait_state(handles[1], JobState.TERMINATED)
-        ledger = await client.get_workflow_handle("deployment-target-crash-local").query("ledger", result_type=Ledger)
-        assert ledger.leases == {} and ledger.queue == []
+        await wait_ledger(client, "deployment-target-crash-local", all_released, "every lease released")
     finally:
         if worker.returncode is None:
             worker.terminate()

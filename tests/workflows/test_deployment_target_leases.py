@@ -11,7 +11,7 @@ from jobctl.ledger import Ask, Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
-from tests.waiting import final
+from tests.waiting import all_released, final, wait_ledger
 from tests.workflows.scripted_engine import new_job
 from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
 
@@ -63,8 +63,8 @@ async def test_jobs_beyond_capacity_wait_in_fifo_order_and_start_as_others_end(h
     for handle in (c, d):
         await handle.signal("cancel", {})
         await wait_state(handle, JobState.TERMINATED)
-    ledger_id, ledger = await ledger_of(harness, a)
-    assert ledger.leases == {} and ledger.queue == []
+    ledger_id, _ = await ledger_of(harness, a)
+    await wait_ledger(harness.client, ledger_id, all_released, "every lease released")
     await record(harness.client.get_workflow_handle(ledger_id), "ledger_fifo")
 
 
@@ -75,15 +75,17 @@ async def test_cancel_while_queued_withdraws_only_its_own_ask(harness: Harness) 
     await wait_for(handles[2], lambda s: "2 jobs ahead" in (s.starting_message or ""), "third in line")
     await handles[1].signal("cancel", {"reason": "not needed"})
     await wait_state(handles[1], JobState.TERMINATED)
-    ledger_id, ledger = await ledger_of(harness, holders[0])
-    assert [ask.job_id for ask in ledger.queue] == [waiting[0].metadata.id, waiting[2].metadata.id]
+    ledger_id, _ = await ledger_of(harness, holders[0])
+    expected = [waiting[0].metadata.id, waiting[2].metadata.id]
+    ledger = await wait_ledger(
+        harness.client, ledger_id, lambda ledger: [a.job_id for a in ledger.queue] == expected, "the ask withdrawn"
+    )
     assert len(ledger.leases) == 2
     await wait_for(handles[2], lambda s: "1 job ahead" in (s.starting_message or ""), "third moved up")
     for handle in holders + [handles[0], handles[2]]:
         await handle.signal("cancel", {})
         await wait_state(handle, JobState.TERMINATED)
-    ledger = await harness.client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
-    assert ledger.leases == {} and ledger.queue == []
+    await wait_ledger(harness.client, ledger_id, all_released, "every lease released")
 
 
 async def test_lease_of_a_terminated_job_is_reclaimed(harness: Harness) -> None:
