@@ -412,7 +412,7 @@ class DataflowEngine:
                     "launch_parameter": {
                         "job_name": artifact.job_name,
                         "container_spec_gcs_path": artifact.container_spec_gcs_path,
-                        "parameters": dict(artifact.parameters),
+                        "parameters": artifact.launch_parameters(),  # secret parameters join only here
                         "environment": environment,
                         "update": update,
                     },
@@ -427,7 +427,7 @@ class DataflowEngine:
                     "gcs_path": artifact.gcs_path,
                     "launch_parameters": {
                         "job_name": artifact.job_name,
-                        "parameters": dict(artifact.parameters),
+                        "parameters": artifact.launch_parameters(),  # secret parameters join only here
                         "environment": environment,
                         "update": update,
                     },

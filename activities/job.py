@@ -43,7 +43,11 @@ class JobActivities:
     def __init__(self, targets: DeploymentTargets, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.targets = targets
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.engine_timeout_seconds, connect=5.0))
+        # Deployment Target credentials (Flink REST headers) are added on the wire, never passed to an engine.
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.settings.engine_timeout_seconds, connect=5.0),
+            event_hooks={"request": [targets.add_credentials]},
+        )
         self.flink = FlinkEngine(self.http, poll_interval=self.settings.poll_interval_seconds)
         # Builds its gRPC clients on first use, inside the worker's event loop.
         self.dataflow = DataflowEngine(
@@ -71,17 +75,31 @@ class JobActivities:
             non_retryable=True,
         )
 
+    def _check_secrets(self, job_id: str, spec: JobSpec) -> None:
+        """Refuse to go on with secret parameters that have no real value (see jobctl/codec.py)."""
+        if names := spec.unusable_secrets():
+            raise ApplicationError(
+                f"Job {job_id}: secret parameter(s) {', '.join(names)} hold no usable value: they arrived "
+                "unencrypted (sent without jobctl's payload codec, e.g. by the temporal CLI or the web UI) "
+                'or as "***" (copied from `jobctl get`). Start the Job with `jobctl start` (or '
+                "jobctl.client.start_job) with JOBCTL_CODEC_KEY set, and change any secret sent unencrypted",
+                type="SecretNotEncrypted",
+                non_retryable=True,
+            )
+
     def _engine_of(self, target: FlinkSessionTarget | DataflowTarget) -> Any:
         return self.flink if isinstance(target, FlinkSessionTarget) else self.dataflow
 
     @activity.defn(name=engine.ACQUIRE)
     async def acquire(self, request: AcquireInput) -> Grant:
         """Kept for Jobs started before Deployment Target leases (they replay and resume on this path)."""
+        self._check_secrets(request.job_id, request.spec)
         eng, target = self._target(request.job_id, request.spec)
         return await eng.acquire(request.job_id, request.spec, target)
 
     @activity.defn(name=engine.SUBMIT)
     async def submit(self, request: SubmitInput) -> Submission:
+        self._check_secrets(request.metadata.id, request.spec)
         eng, target = self._target(request.metadata.id, request.spec)
         return await eng.submit(request, target)
 
@@ -100,6 +118,7 @@ class JobActivities:
     @activity.defn(name=engine.ASK)
     async def ask(self, request: AskInput) -> AskReceipt:
         """Queue the Job on its target's ledger (signal-with-start): asking twice queues it once."""
+        self._check_secrets(request.job_id, request.spec)
         eng, target = self._target(request.job_id, request.spec)
         needs = eng.requirements(request.job_id, request.spec, target)
         ledger = Ledger(target=target.name, capacity=eng.capacity(target))

@@ -17,7 +17,8 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from jobctl.models import Job, JobStatus, RequestAnswer, workflow_id_for
+from jobctl.codec import CodecKeyError, SecretsNotEncrypted, data_converter, generate_key
+from jobctl.models import Job, JobSpec, JobStatus, RequestAnswer, workflow_id_for
 from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets, TargetsError
@@ -41,6 +42,8 @@ def _connect() -> Client:
 
     try:
         return asyncio.run(connect())
+    except CodecKeyError as exc:
+        fail(str(exc))
     except Exception as exc:  # connection refused, bad TLS settings, ...
         fail(
             f"cannot reach Temporal ({exc}); is the server running? "
@@ -105,6 +108,7 @@ def start(
 
     job = load_job_file(file, job_id_of(job_id) if job_id else None)
     settings = Settings()
+    _check_secrets(job.spec, settings)
     client = _connect()
 
     async def go() -> None:
@@ -120,6 +124,16 @@ def start(
         _print_json({"jobId": job.metadata.id, "workflowId": job.workflow_id})
     else:
         out.print(f"started Job [bold]{job.metadata.id}[/bold] (workflow {job.workflow_id})", highlight=False)
+
+
+def _check_secrets(spec: JobSpec, settings: Settings) -> None:
+    """Refuse secret parameters this machine cannot encrypt before anything is sent."""
+    from jobctl.client import check_secrets
+
+    try:
+        check_secrets(spec, data_converter(settings.codec_keys()))
+    except (SecretsNotEncrypted, CodecKeyError) as exc:
+        fail(str(exc))
 
 
 def _query(ref: str, name: str, result_type: type) -> Any:
@@ -172,8 +186,8 @@ def status(
 
 @app.command()
 def get(job: Annotated[str, typer.Argument(help="Job id or workflow id")]) -> None:
-    """Print the whole Job resource (metadata, spec, status) as JSON."""
-    _print_json(_dump(_query(job, "job", Job)))
+    """Print the whole Job resource (metadata, spec, status) as JSON; secret parameters show as "***"."""
+    _print_json(_dump(_query(job, "job", Job).redacted()))
 
 
 @app.command(name="list")
@@ -221,6 +235,8 @@ def _request(ref: str, name: str, payload: dict[str, Any]) -> None:
 
     try:
         answer = asyncio.run(go())
+    except SecretsNotEncrypted as exc:
+        fail(f"{name} not sent: {exc}")
     except WorkflowUpdateFailedError as exc:
         fail(f"{name} rejected: {getattr(exc.cause, 'message', exc.cause)}")
     except RPCError as exc:
@@ -270,6 +286,10 @@ def update(
         spec = _dump(new.spec)
     else:
         spec = raw
+    try:
+        _check_secrets(JobSpec.model_validate(spec), Settings())
+    except ValidationError:
+        pass  # the Job answers with what is wrong
     _request(job, "update", {"spec": spec, "reason": reason})
 
 
@@ -340,6 +360,12 @@ def targets(
         out.print(detail)
 
 
+@app.command(name="codec-key")
+def codec_key() -> None:
+    """Print a new key for JOBCTL_CODEC_KEY (encrypts secret parameters; the same on clients and workers)."""
+    print(generate_key())
+
+
 @app.command()
 def worker() -> None:
     """Run a worker (configured by TEMPORAL_* and JOBCTL_* environment variables)."""
@@ -347,7 +373,7 @@ def worker() -> None:
 
     try:
         main()
-    except TargetsError as exc:
+    except (TargetsError, CodecKeyError) as exc:
         fail(str(exc))
 
 
@@ -369,7 +395,7 @@ def dev(
     )
     try:
         asyncio.run(stack.run())
-    except StackError as exc:
+    except (StackError, CodecKeyError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass

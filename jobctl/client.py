@@ -6,14 +6,20 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import TypedSearchAttributes
+from temporalio.converter import DataConverter
 
-from jobctl.models import Job
+from jobctl.codec import HOW_TO_GET_A_KEY, SecretsNotEncrypted, can_encrypt
+from jobctl.models import Job, JobSpec
 from jobctl.states import JobState
 
 
 async def start_job(client: Client, job: Job, task_queue: str, summary: str | None = None) -> WorkflowHandle[Any, Job]:
-    """Start the Job's workflow (id job-<metadata.id>) with its search attributes and web UI summary."""
+    """Start the Job's workflow (id job-<metadata.id>) with its search attributes and web UI summary.
+
+    A Job with secret parameters starts only through a client that encrypts them (jobctl.codec)."""
     from workflows.job import search_attributes_for
+
+    check_secrets(job, client.data_converter)
 
     return await client.start_workflow(
         "JobWorkflow",
@@ -26,3 +32,21 @@ async def start_job(client: Client, job: Job, task_queue: str, summary: str | No
         or f"{job.spec.engine} Job {job.metadata.name or job.metadata.id} on {job.spec.deployment_target_name}",
         static_details=f"Deployment **{job.metadata.deployment_name or '-'}**, Job id `{job.metadata.id}`",
     )
+
+
+def check_secrets(job: Job | JobSpec, converter: DataConverter) -> None:
+    """Refuse, before anything reaches Temporal, secrets that would be stored in plaintext or are unusable."""
+    spec = job.spec if isinstance(job, Job) else job
+    if not spec.secret_values:
+        return
+    if names := spec.unusable_secrets():
+        raise SecretsNotEncrypted(
+            f'secret parameter(s) {", ".join(names)} hold "***" (as `jobctl get` shows them), not a value: '
+            "give their real values"
+        )
+    if not can_encrypt(converter):
+        raise SecretsNotEncrypted(
+            "this Job has secret parameters (spec.artifact.secretParameters), which are stored only encrypted, "
+            "but this client cannot encrypt them: JOBCTL_CODEC_KEY is not set (or the client does not use "
+            "jobctl.codec.data_converter); " + HOW_TO_GET_A_KEY
+        )

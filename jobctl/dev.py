@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from activities.job import JobActivities
 from jobctl.client import start_job
+from jobctl.codec import data_converter, generate_key, parse_keys
 from jobctl.dataflow_emulator import EmulatorConfig, serve
 from jobctl.models import Job
 from jobctl.settings import Settings
@@ -94,6 +94,8 @@ class DevStack:
         self.temporal_port = temporal_port
         self.ui_port = ui_port
         self.start_example = start_example
+        # The stack's own JOBCTL_CODEC_KEY file, when the environment gives none.
+        self.key_file: Path | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         from jobctl.flink_cluster import FlinkCluster, FlinkSetupError, build_example_jar, find_java
@@ -137,7 +139,8 @@ class DevStack:
                 self.workdir / "targets.yaml", flink.rest_url, self.slots, flink.savepoint_dir, dataflow=True
             )
             settings = Settings(targets=str(targets_file))
-            client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
+            converter = data_converter(self._codec_keys(settings))
+            client = await Client.connect(temporal.address, data_converter=converter)
             activities = JobActivities(DeploymentTargets.load(targets_file), settings)
             async with build_worker(client, activities, settings.task_queue):
                 examples = await self._start_examples(client, settings, jar) if self.start_example else {}
@@ -179,6 +182,18 @@ class DevStack:
         id_file.write_text(job.metadata.id)
         return job.metadata.id
 
+    def _codec_keys(self, settings: Settings) -> list[str]:
+        """JOBCTL_CODEC_KEY if set; else the stack's own key, kept next to its SQLite file so that Jobs with
+        secret parameters from earlier runs stay readable."""
+        keys = settings.codec_keys()
+        if keys:
+            return keys
+        self.key_file = self.workdir / "codec.key"
+        if not self.key_file.exists():
+            self.key_file.touch(mode=0o600)
+            self.key_file.write_text(generate_key() + "\n")
+        return parse_keys(self.key_file.read_text())
+
     def _banner(
         self, temporal: TemporalDevServer, flink: object, emulator: str, targets_file: Path, examples: dict[str, str]
     ) -> None:
@@ -190,6 +205,7 @@ class DevStack:
             f"  Flink web UI       {getattr(flink, 'rest_url', '')}",
             f"  Dataflow emulator  {emulator}  (DATAFLOW_EMULATOR_HOST)",
             f"  targets file       {targets_file}",
+            *([f"  secrets key        export JOBCTL_CODEC_KEY=$(cat {self.key_file})"] if self.key_file else []),
             f"  files              {self.workdir}",
         ]
         lines += [f"  example {engine + ' Job':<13}{job_id}" for engine, job_id in examples.items()]

@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -29,9 +29,12 @@ class Model(BaseModel):
 
 
 class Input(Model):
-    """What users write: unknown keys are an error, so a typo is caught instead of ignored."""
+    """What users write: unknown keys are an error, so a typo is caught instead of ignored.
 
-    model_config = ConfigDict(extra="forbid")
+    Validation errors never repeat the input: they end up in workflow failures and events (history), and
+    the input may hold secret parameters."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class Engine(StrEnum):
@@ -46,19 +49,48 @@ class JarArtifact(Input):
     main_args: list[str] = Field(default_factory=list)
 
 
-class FlexTemplateArtifact(Input):
+# What a secret value is replaced by wherever it is shown (queries, `jobctl get`, the web UI).
+REDACTED = "***"
+
+
+class TemplateParameters(Input):
+    """Parameters of a Dataflow template; `secretParameters` are passwords, tokens and keys.
+
+    Secret values travel only encrypted (jobctl.codec: every Temporal payload that carries one is encrypted
+    with JOBCTL_CODEC_KEY), are shown as "***", and join `parameters` only in the launch request itself.
+    """
+
+    if TYPE_CHECKING:  # declared by each artifact, so its JSON keys keep their order
+        parameters: dict[str, str]
+        secret_parameters: dict[str, str]
+
+    @model_validator(mode="after")
+    def _secret_names_are_not_plain_names(self) -> TemplateParameters:
+        both = sorted(set(self.parameters) & set(self.secret_parameters))
+        if both:
+            raise ValueError(f"{', '.join(both)} given both in parameters and in secretParameters: keep one")
+        return self
+
+    def launch_parameters(self) -> dict[str, str]:
+        """What the engine receives: the plain parameters and the secret ones."""
+        return {**self.parameters, **self.secret_parameters}
+
+
+class FlexTemplateArtifact(TemplateParameters):
     kind: Literal["FLEX_TEMPLATE"] = "FLEX_TEMPLATE"
     job_name: str = Field(min_length=1)
     container_spec_gcs_path: str = Field(min_length=1)
     parameters: dict[str, str] = Field(default_factory=dict)
+    secret_parameters: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
 
 
-class ClassicTemplateArtifact(Input):
+class ClassicTemplateArtifact(TemplateParameters):
     kind: Literal["CLASSIC_TEMPLATE"] = "CLASSIC_TEMPLATE"
     job_name: str = Field(min_length=1)
     gcs_path: str = Field(min_length=1)
     parameters: dict[str, str] = Field(default_factory=dict)
+    secret_parameters: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -91,6 +123,23 @@ class JobSpec(Input):
                 f"engine {self.engine} runs artifacts of kind {' or '.join(allowed)}, not {self.artifact.kind}"
             )
         return self
+
+    @property
+    def secret_values(self) -> dict[str, str]:
+        """The secret parameters (name: value), if the artifact has any."""
+        return dict(getattr(self.artifact, "secret_parameters", {}))
+
+    def unusable_secrets(self) -> list[str]:
+        """Secret parameters whose value is the redaction mark: never sent encrypted (jobctl.codec then
+        redacts them on arrival) or copied from what `jobctl get` shows. Launching with them would be wrong."""
+        return sorted(name for name, value in self.secret_values.items() if value == REDACTED)
+
+    def redacted(self) -> JobSpec:
+        """This spec with every secret value replaced by "***": what queries and the CLI show."""
+        if not self.secret_values:
+            return self
+        hidden = {name: REDACTED for name in self.secret_values}
+        return self.model_copy(update={"artifact": self.artifact.model_copy(update={"secret_parameters": hidden})})
 
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$")
@@ -212,6 +261,10 @@ class Job(Input):
     @property
     def workflow_id(self) -> str:
         return workflow_id_for(self.metadata.id)
+
+    def redacted(self) -> Job:
+        """This Job with every secret value replaced by "***" (for the `job` query and `jobctl get`)."""
+        return self.model_copy(update={"spec": self.spec.redacted()})
 
 
 def workflow_id_for(job_id: str) -> str:

@@ -3,8 +3,10 @@ temporalio.envconfig: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TE
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobctl.codec import parse_keys
 
 
 class Settings(BaseSettings):
@@ -19,3 +21,8 @@ class Settings(BaseSettings):
     lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)
     # Timeout of one engine API call.
     engine_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Fernet keys (comma-separated, the first encrypts) for secret parameters: see jobctl/codec.py.
+    codec_key: SecretStr | None = None
+
+    def codec_keys(self) -> list[str]:
+        return parse_keys(self.codec_key.get_secret_value() if self.codec_key else None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import httpx
 import yaml
-from pydantic import Field, HttpUrl, ValidationError, model_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 
 from jobctl.models import Input
 
@@ -25,6 +26,18 @@ class FlinkSessionTarget(Input):
     savepoint_dir: str | None = None
     # The Flink web UI address users can open (defaults to restUrl, where Flink serves it too).
     web_ui_url: HttpUrl | None = None
+    # HTTP headers sent with every REST call, e.g. {Authorization: "Bearer ..."} for a cluster behind an
+    # authenticating proxy. They live only here, in the worker's targets file: activities add them on the
+    # wire (see DeploymentTargets.add_credentials), so no Job, activity input or result ever holds them.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("rest_url", "web_ui_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: HttpUrl | None) -> HttpUrl | None:
+        # URLs appear in status (engine UI link) and in error messages: a password or token in one would too.
+        if url is not None and (url.username or url.password or url.query):
+            raise ValueError("must not hold a user, password or query string; put credentials in `headers`")
+        return url
 
     @property
     def base_url(self) -> str:
@@ -105,3 +118,21 @@ class DeploymentTargets:
 
     def all(self) -> list[FlinkSessionTarget | DataflowTarget]:
         return list(self._by_name.values())
+
+    def credentials(self) -> set[str]:
+        """Every credential the targets file holds (header values, and a header's token without its
+        scheme, e.g. after "Bearer "): what must never show in a message or result."""
+        found: set[str] = set()
+        for target in self._by_name.values():
+            for value in getattr(target, "headers", {}).values():
+                secret = value.get_secret_value()
+                found.update({secret, secret.split()[-1]} if secret.strip() else set())
+        return found
+
+    async def add_credentials(self, request: httpx.Request) -> None:
+        """httpx request hook: the headers of the Flink target whose REST URL the request goes to."""
+        url = str(request.url)
+        for target in self._by_name.values():
+            if isinstance(target, FlinkSessionTarget) and target.headers:
+                if url == target.base_url or url.startswith(target.base_url + "/"):
+                    request.headers.update({k: v.get_secret_value() for k, v in target.headers.items()})

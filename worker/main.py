@@ -9,11 +9,12 @@ import signal
 from collections.abc import Sequence
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
 from activities.job import JobActivities
+from jobctl.codec import data_converter
+from jobctl.secret_scrubber import SecretScrubber
 from jobctl.settings import Settings
 from jobctl.targets import DeploymentTargets
 from workflows.deployment_target import DeploymentTargetWorkflow
@@ -25,10 +26,12 @@ WORKFLOWS: Sequence[type] = (JobWorkflow, DeploymentTargetWorkflow)
 
 
 async def connect(settings: Settings | None = None) -> Client:
-    """A Temporal client from the standard environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, profiles)."""
+    """A Temporal client from the standard environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, profiles) that
+    encrypts secret parameters with JOBCTL_CODEC_KEY (jobctl/codec.py)."""
+    settings = settings or Settings()
     config = ClientConfig.load_client_connect_config()
     config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    return await Client.connect(**config, data_converter=data_converter(settings.codec_keys()))
 
 
 def build_worker(client: Client, activities: JobActivities, task_queue: str) -> Worker:
@@ -37,6 +40,8 @@ def build_worker(client: Client, activities: JobActivities, task_queue: str) -> 
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=activities.all(),
+        # Activity errors and results never carry a secret parameter or a target's credentials into history.
+        interceptors=[SecretScrubber(activities.targets)],
         # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
         max_concurrent_activities=2_000,
     )
