@@ -203,6 +203,24 @@ async def test_a_secret_the_engine_echoes_in_an_error_is_scrubbed(
     assert not found, "\n".join(found)
 
 
+async def test_a_secret_in_the_engine_jobs_failure_message_is_scrubbed(
+    client: Client, keyless: Client, emulator: EmulatorServer
+) -> None:
+    """The pipeline fails, its error message printing a secret parameter: the Job's failure shows ***."""
+    job = secret_job(
+        "crash",
+        {"apiToken": ECHOED, "jobctl-emulator-fail-message": f"could not log in to the sink with token {ECHOED}"},
+        params={**STREAMING, "jobctl-emulator-fail-after-seconds": "1"},
+    )
+    handle = await start_job(client, job, TASK_QUEUE)
+    status = await wait_state(handle, JobState.FAILED)
+    # (Here the whole message is a secret parameter too, as the emulator takes it from one: all of it is ***.)
+    assert status.failure and status.failure.reason == "ENGINE_JOB_FAILED"
+    assert "***" in status.failure.message and ECHOED not in status.failure.message
+    found = await scan_history(keyless, job.workflow_id, [ECHOED])
+    assert not found, "\n".join(found)
+
+
 async def test_a_secret_sent_unencrypted_is_never_used(
     client: Client, keyless: Client, emulator: EmulatorServer
 ) -> None:
