@@ -24,16 +24,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiolimiter import AsyncLimiter
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from google.cloud import dataflow_v1beta3 as df
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.watch import EngineUnreachable, Sighting, Wanted
 from jobctl.dataflow_emulator.client import emulator_clients, emulator_host
 from jobctl.engine import Grant, Observation, ObserveInput, StopInput, StopMode, StopResult, Submission, SubmitInput
 from jobctl.models import ClassicTemplateArtifact, FlexTemplateArtifact, JobSpec
-from jobctl.states import EnginePhase, dataflow_phase
+from jobctl.states import ENDED_PHASES, EnginePhase, dataflow_phase
 from jobctl.targets import DataflowTarget
 
 LABEL = "jobctl-job-id"
@@ -448,21 +450,7 @@ class DataflowEngine:
         except (*TRANSIENT, gexc.GoogleAPICallError) as err:
             # PERMISSION_DENIED and the like are unknowns too: a credentials problem is not a job failure.
             return _unknown(jid, last, f"Dataflow API ({where}) did not answer for job {jid}: {_error_text(err)}")
-        state = state_name(job.current_state)
-        phase = dataflow_phase(state)
-        unreachable = None
-        if phase is EnginePhase.UNKNOWN:
-            unreachable = f"Dataflow reports job {jid} in state {state}, which jobctl does not know how to read"
-        return Observation(
-            engine_job_id=jid,
-            phase=phase,
-            engine_status=state,
-            failure_message=failure,
-            unreachable_reason=unreachable,
-            observed_at=_now(),
-            started_fields=started_fields(job),
-            refuses=refusals(job),
-        )
+        return observation_of(job, failure)
 
     async def _failure_message(self, where: Where, job: df.Job, keep: int = 3, scan: int = 1000) -> str:
         """The newest JOB_MESSAGE_ERROR texts of a failed job (newest first); Dataflow's own summary
@@ -635,6 +623,96 @@ def _stopped(job: df.Job, message: str) -> StopResult:
     return StopResult(
         engine_status=state, phase=dataflow_phase(state), message=message, started_fields=started_fields(job)
     )
+
+
+def observation_of(job: df.Job, failure: str | None = None) -> Observation:
+    state = state_name(job.current_state)
+    phase = dataflow_phase(state)
+    unreachable = None
+    if phase is EnginePhase.UNKNOWN:
+        unreachable = f"Dataflow reports job {job.id} in state {state}, which jobctl does not know how to read"
+    return Observation(
+        engine_job_id=job.id,
+        phase=phase,
+        engine_status=state,
+        failure_message=failure,
+        unreachable_reason=unreachable,
+        observed_at=_now(),
+        started_fields=started_fields(job),
+        refuses=refusals(job),
+    )
+
+
+class DataflowSurvey:
+    """All active Dataflow jobs of one target (project and region) in one ListJobs per tick (a page per
+    thousand or so jobs). The list carries each job's state, so no per-job call is needed while jobs run;
+    a job that left the active list has ended, and one GetJob tells how (with the error messages of a
+    failed one). Whose job it is comes from the label jobctl-job-id."""
+
+    def __init__(
+        self, dataflow: DataflowEngine, target: DataflowTarget, budget: AsyncLimiter, max_lookups: int = 8
+    ) -> None:
+        self._dataflow = dataflow
+        self._where = Where(project=target.project, region=target.region)
+        self._budget = budget
+        self._max_lookups = max_lookups
+        self._keys: dict[str, tuple[Any, ...]] = {}  # Dataflow job id -> (state, state time, type) last read
+        self._owners: dict[str, str | None] = {}  # Dataflow job id -> jobctl Job id (None: not jobctl's)
+        self._seen: dict[str, Sighting] = {}  # Dataflow job id -> the latest sighting of a Job's job
+
+    async def tick(self, wanted: Wanted) -> list[Sighting]:
+        active = await self._active()
+        lookups = 0
+        for job in active:
+            if job.id not in self._owners:
+                if not job.labels and lookups >= self._max_lookups:
+                    continue
+                lookups += 0 if job.labels else 1
+                owner = (await self._dataflow._labels(self._where, job)).get(LABEL)
+                self._owners[job.id] = owner if owner and await wanted(owner) else None
+            owner = self._owners[job.id]
+            key = (job.current_state, job.current_state_time, job.type_)
+            if owner is None or self._keys.get(job.id) == key:
+                continue
+            self._keys[job.id] = key
+            self._seen[job.id] = Sighting(owner, observation_of(job))
+        ids = {job.id for job in active}
+        for jid in [j for j in self._seen if j not in ids]:
+            # Left the active list: it ended. Told once, then forgotten.
+            if self._seen[jid].observation.phase in ENDED_PHASES:
+                del self._seen[jid]
+                self._keys.pop(jid, None)
+                self._owners.pop(jid, None)
+                continue
+            if lookups >= self._max_lookups:
+                continue
+            lookups += 1
+            await self._budget.acquire(2)  # the job, and the messages of a failed one
+            obs = await self._dataflow.look(self._where, jid, self._seen[jid].observation)
+            if obs.phase is EnginePhase.UNKNOWN:
+                continue  # could not be read just now: the next tick asks again
+            self._seen[jid] = Sighting(self._seen[jid].job_id, obs)
+        return list(self._seen.values())
+
+    async def _active(self) -> list[df.Job]:
+        # As many jobs per page as the service gives (its own limit applies): each page is one request.
+        request = {
+            "project_id": self._where.project,
+            "location": self._where.region,
+            "filter": ACTIVE,
+            "page_size": 1000,
+        }
+        try:
+            await self._budget.acquire()
+            pager = await self._dataflow._clients().jobs.list_jobs(request=request, timeout=self._dataflow._timeout)
+            jobs: list[df.Job] = []
+            async for page in pager.pages:
+                jobs.extend(page.jobs)
+                if page.next_page_token:
+                    await self._budget.acquire()  # the next page is the next request
+            return jobs
+        except (*TRANSIENT, gexc.GoogleAPICallError) as err:
+            raise EngineUnreachable(f"Dataflow API ({self._where}) did not list jobs: {_error_text(err)}") from err
 
 
 def _submission(where: Where, job: df.Job, adopted: bool) -> Submission:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
+from aiolimiter import AsyncLimiter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.watch import EngineUnreachable, Sighting, Wanted
 from jobctl.engine import Grant, Observation, ObserveInput, StopInput, StopMode, StopResult, Submission, SubmitInput
 from jobctl.models import JobMetadata, JobSpec
-from jobctl.states import EnginePhase, flink_phase
+from jobctl.states import ENDED_PHASES, EnginePhase, flink_phase
 from jobctl.targets import FlinkSessionTarget
 
 GLOBALLY_TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
@@ -385,6 +388,92 @@ class FlinkEngine:
             return None
         latest = (response.json().get("latest") or {}).get("savepoint") or {}
         return latest.get("external_path") or None
+
+
+# Looks at a job after its overview row changed: covers Flink's 3 s cache of job details at 1 s per tick.
+SETTLE_TICKS = 4
+
+
+class FlinkSurvey:
+    """All Flink jobs of one session cluster in one GET /jobs/overview per tick; a job's details (restarts,
+    root cause) are read only when its overview row changed (state or last-modification: a restart moves
+    last-modification too). A Job's Flink job id is its metadata.id without dashes, which says whose it is."""
+
+    def __init__(
+        self, flink: FlinkEngine, target: FlinkSessionTarget, budget: AsyncLimiter, max_lookups: int = 8
+    ) -> None:
+        self._flink = flink
+        self._target = target
+        self._budget = budget
+        self._max_lookups = max_lookups  # per tick, so one tick stays short when many jobs change at once
+        self._rows: dict[str, tuple[Any, ...]] = {}  # jid -> the overview row (state, last-modification) last read
+        self._seen: dict[str, Sighting] = {}  # jid -> the latest sighting of a Job's Flink job
+        self._settling: dict[str, int] = {}  # jid -> looks left after its row changed
+
+    async def tick(self, wanted: Wanted) -> list[Sighting]:
+        await self._budget.acquire()
+        try:
+            response = await self._flink._call(self._target, "GET", "/jobs/overview")
+            if response.status_code != 200:
+                raise FlinkUnreachable(
+                    f"Flink REST API of Deployment Target {self._target.name} answered GET /jobs/overview with "
+                    f"{response.status_code}: {_errors(response)}"
+                )
+            rows = {row["jid"]: row for row in response.json().get("jobs", []) if "jid" in row}
+        except (FlinkUnreachable, ValueError) as err:
+            raise EngineUnreachable(str(err)) from err
+        lookups = 0
+        for jid, row in rows.items():
+            key = (row.get("state"), row.get("last-modification"))
+            job_id = job_id_of(jid)
+            if job_id is None or lookups >= self._max_lookups:
+                continue
+            if self._rows.get(jid) == key and not self._settling.get(jid):
+                continue
+            if jid not in self._seen and not await wanted(job_id):
+                self._rows[jid] = key  # not a running Job's (a closed Job, or not jobctl's): never read it
+                continue
+            if self._rows.get(jid) != key:
+                # Flink serves a job's details from a cache (web.refresh-interval, 3 s by default): look again
+                # over the next ticks, until the details have caught up with the overview.
+                self._settling[jid] = SETTLE_TICKS
+            lookups += 1
+            obs = await self._look(jid)
+            if obs.phase is EnginePhase.UNKNOWN:
+                continue  # this one job could not be read just now: the next tick tries again
+            self._rows[jid] = key
+            self._seen[jid] = Sighting(job_id, obs)
+            if obs.engine_status == row.get("state"):
+                self._settling[jid] -= 1
+            if self._settling[jid] <= 0:
+                del self._settling[jid]
+        for jid in [j for j in self._seen if j not in rows]:
+            # Gone from the cluster: ended long ago (forget it), or the cluster lost it (say so: UNKNOWN).
+            if self._seen[jid].observation.phase in ENDED_PHASES:
+                del self._seen[jid]
+                self._rows.pop(jid, None)
+                self._settling.pop(jid, None)
+                continue
+            if lookups >= self._max_lookups:
+                continue
+            lookups += 1
+            self._seen[jid] = Sighting(self._seen[jid].job_id, await self._look(jid))
+        return list(self._seen.values())
+
+    async def _look(self, jid: str) -> Observation:
+        await self._budget.acquire(3)  # the job, its restarts metric, and (if failed) its exceptions
+        last = self._seen.get(jid)
+        return await self._flink.look(self._target, jid, last.observation if last else None)
+
+
+def job_id_of(flink_job_id: str) -> str | None:
+    """The jobctl Job id of a Flink job id jobctl set (metadata.id without dashes), else None."""
+    if len(flink_job_id) != 32:
+        return None
+    try:
+        return str(uuid.UUID(hex=flink_job_id))
+    except ValueError:
+        return None
 
 
 def _stop_result(engine_status: str, message: str, **fields: Any) -> StopResult:

@@ -6,17 +6,20 @@ Each picks the engine for the Job's Deployment Target; the workflow never branch
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.dataflow import DataflowEngine
-from activities.flink import FlinkEngine
+from activities.dataflow import DataflowEngine, DataflowSurvey, where_of
+from activities.flink import FlinkEngine, FlinkSurvey
+from activities.watch import Watcher, limiter
 from jobctl import engine
 from jobctl.engine import (
     AcquireInput,
@@ -31,12 +34,14 @@ from jobctl.engine import (
     StopResult,
     Submission,
     SubmitInput,
+    WatchInput,
 )
 from jobctl.ledger import Ask, Ledger
 from jobctl.models import Engine, JobSpec
 from jobctl.settings import Settings
 from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget, UnknownTarget
 from workflows.deployment_target import LedgerInput, ledger_workflow_id
+from workflows.target_watch import watch_workflow_id
 
 
 class JobActivities:
@@ -53,6 +58,7 @@ class JobActivities:
         self.dataflow = DataflowEngine(
             timeout=self.settings.engine_timeout_seconds, poll_interval=self.settings.poll_interval_seconds
         )
+        self._watch_ensured: dict[str, float] = {}  # target -> when this process last made sure it is watched
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -101,12 +107,64 @@ class JobActivities:
     async def submit(self, request: SubmitInput) -> Submission:
         self._check_secrets(request.metadata.id, request.spec)
         eng, target = self._target(request.metadata.id, request.spec)
-        return await eng.submit(request, target)
+        submission = await eng.submit(request, target)
+        if self._watches(request.spec, target):
+            await self._ensure_watched(target.name)
+            submission.watched_by = watch_workflow_id(target.name)
+        return submission
 
     @activity.defn(name=engine.OBSERVE)
     async def observe(self, request: ObserveInput) -> Observation:
         eng, target = self._target(request.metadata.id, request.spec)
+        if request.max_wait_seconds == 0 and self._watches(request.spec, target):
+            # A watched Job's occasional check: also the moment to restart a watcher an operator stopped.
+            await self._ensure_watched(target.name)
         return await eng.observe(request, target)
+
+    # --- Deployment Target watchers ---------------------------------------------------------------
+
+    def _watches(self, spec: JobSpec, target: FlinkSessionTarget | DataflowTarget) -> bool:
+        """Whether the target's watcher sees this Job's engine job: it surveys the target's own Flink cluster,
+        or the target's own Dataflow project and region (a spec may point elsewhere)."""
+        if isinstance(target, DataflowTarget):
+            where = where_of(spec, target)
+            return (where.project, where.region) == (target.project, target.region)
+        return True
+
+    async def _ensure_watched(self, target: str) -> None:
+        """Start the target's watcher unless it runs (asked at most once a minute per worker process)."""
+        if time.monotonic() - self._watch_ensured.get(target, -3600.0) < 60:
+            return
+        await activity.client().start_workflow(
+            "DeploymentTargetWatchWorkflow",
+            WatchInput(target=target),
+            id=watch_workflow_id(target),
+            task_queue=activity.info().task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"Deployment Target {target}: watches its engine jobs, tells each Job of changes",
+        )
+        self._watch_ensured[target] = time.monotonic()
+
+    @activity.defn(name=engine.WATCH)
+    async def watch(self, request: WatchInput) -> None:
+        """Survey the target every watch interval and signal each Job whose engine job changed. Runs until
+        cancelled (its workflow closing) or its worker dies (then Temporal starts it again elsewhere)."""
+        try:
+            target = self.targets.get(request.target)
+        except UnknownTarget as err:
+            raise ApplicationError(
+                f"the watcher of Deployment Target {request.target} stops: {err}. Jobs on it check their "
+                "engine jobs themselves from time to time; declare the target again to watch it",
+                type="DeploymentTargetNotFound",
+                non_retryable=True,
+            ) from None
+        budget = limiter(self.settings.engine_requests_per_second)
+        if isinstance(target, FlinkSessionTarget):
+            survey: Any = FlinkSurvey(self.flink, target, budget)
+        else:
+            survey = DataflowSurvey(self.dataflow, target, budget)
+        watcher = Watcher(activity.client(), survey, target.name, self.settings.watch_interval_seconds)
+        await watcher.run()
 
     @activity.defn(name=engine.STOP)
     async def stop(self, request: StopInput) -> StopResult:
@@ -183,4 +241,13 @@ class JobActivities:
         return HolderList(holders=[h for h, gone in zip(request.holders, verdicts, strict=True) if gone])
 
     def all(self) -> list[Any]:
-        return [self.acquire, self.submit, self.observe, self.stop, self.ask, self.capacity, self.closed_holders]
+        return [
+            self.acquire,
+            self.submit,
+            self.observe,
+            self.stop,
+            self.ask,
+            self.capacity,
+            self.closed_holders,
+            self.watch,
+        ]

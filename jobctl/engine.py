@@ -22,6 +22,9 @@ STOP = "stop_job"
 ASK = "ask_deployment_target"
 TARGET_CAPACITY = "deployment_target_capacity"
 CLOSED_HOLDERS = "closed_lease_holders"
+WATCH = "watch_deployment_target"
+# The signal a Deployment Target's watcher sends a Job workflow when its engine job changed.
+OBSERVED = "engine_observed"
 
 
 class AcquireInput(Model):
@@ -50,6 +53,9 @@ class Submission(Model):
     engine_ui_url: str | None = None
     # True when a retried or repeated submit found the engine job already there and took it over.
     adopted: bool = False
+    # The workflow id of the Deployment Target's watcher that will signal this Job each change of its
+    # engine job (None: the engine job lies outside what the watcher surveys, so the Job observes it itself).
+    watched_by: str | None = None
 
 
 class Observation(Model):
@@ -88,6 +94,12 @@ class ObserveInput(Model):
     last: Observation | None = None
     # Return even without news after this long, so the workflow's lastUpdateTime moves on.
     max_wait_seconds: float = 3600.0
+
+
+class WatchInput(Model):
+    """What a Deployment Target's watcher surveys: one target, all its engine jobs, in one or a few calls."""
+
+    target: str
 
 
 class StopMode(StrEnum):

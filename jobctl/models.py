@@ -101,7 +101,8 @@ _ARTIFACTS_BY_ENGINE = {Engine.FLINK: ("JAR",), Engine.DATAFLOW: ("FLEX_TEMPLATE
 
 class JobSpec(Input):
     engine: Engine
-    deployment_target_name: str = Field(min_length=1)
+    # As long as a Deployment Target's name may be; it is also a search attribute, whose values Temporal limits.
+    deployment_target_name: str = Field(min_length=1, max_length=63)
     parallelism: int = Field(default=1, ge=1, le=100_000)
     artifact: Artifact
     flink_configuration: dict[str, str] = Field(default_factory=dict)
@@ -239,6 +240,9 @@ class JobStatus(Model):
     # Engine-neutral: the id the engine knows this Job by (Flink job id, Dataflow job id).
     engine_job_id: str | None = None
     engine_ui_url: str | None = None
+    # The Deployment Target's watcher (a workflow id) that tells this Job about each change of its engine
+    # job; None while the Job observes its engine job by itself.
+    watched_by: str | None = None
     # Why the Job is still STARTING (e.g. waiting for the Deployment Target).
     starting_message: str | None = None
     started: StartedStatus | None = None

@@ -14,8 +14,15 @@ class Settings(BaseSettings):
 
     task_queue: str = "jobctl"
     targets: str = Field(default="targets.yaml", description="path of the Deployment Targets file")
-    # How often a worker looks at each engine job while observing it.
+    # How often a Job that observes its engine job by itself looks at it (Jobs outside what their
+    # Deployment Target's watcher surveys, and Jobs started before watchers existed).
     poll_interval_seconds: float = Field(default=2.0, gt=0)
+    # How often a Deployment Target's watcher surveys all its engine jobs: the delay between a change in
+    # the engine and the Job's status is at most about this plus a second.
+    watch_interval_seconds: float = Field(default=1.0, gt=0)
+    # The most engine API requests per second a watcher sends to one Deployment Target, whatever its number
+    # of jobs (per worker process that runs the watcher; Temporal runs one watcher per target).
+    engine_requests_per_second: float = Field(default=4.0, ge=1)
     # How often a Deployment Target's ledger looks for leases held by Jobs that closed without releasing
     # them (an operator's `temporal workflow terminate`): the bound on how long a leaked lease lives.
     lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)

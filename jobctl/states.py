@@ -73,6 +73,10 @@ class EnginePhase(StrEnum):
     UNKNOWN = "UNKNOWN"  # the engine API is unreachable, or does not answer for this job
 
 
+# Phases after which the engine job does nothing more.
+ENDED_PHASES = frozenset({EnginePhase.FINISHED, EnginePhase.STOPPED, EnginePhase.FAILED})
+
+
 # Flink JobStatus -> phase. SUSPENDED is only locally terminal (the JobManager lost leadership and
 # another one will take over), and FAILING/RESTARTING are part of a running job's life: none of them
 # ends the Job.

@@ -14,8 +14,10 @@ from temporalio.worker import Replayer
 from tests.history import HISTORIES
 from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow
+from workflows.target_watch import DeploymentTargetWatchWorkflow
 
 # tests/histories/v1/: recorded before Deployment Target leases (the patched-out acquire path).
+# tests/histories/v2/: recorded before Deployment Target watchers (Jobs long-poll their engine job).
 STORED = sorted(HISTORIES.rglob("*.json"))
 
 # The paths the stored histories must cover; adding a path means recording its history too.
@@ -39,6 +41,9 @@ REQUIRED = {
     "ledger_fifo",
     "flink_update_handover",
     "in_place_update_handover",
+    "watched_continue_as_new",
+    "real_dataflow_failed",
+    "real_dataflow_outage_cancel",
 }
 
 
@@ -48,6 +53,8 @@ def workflow_id_of(history: dict) -> str:  # type: ignore[type-arg]
     first = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))
     if "ledger" in first:  # a DeploymentTargetWorkflow
         return f"deployment-target-{first['ledger']['target']}"
+    if "metadata" not in first:  # a DeploymentTargetWatchWorkflow
+        return f"watch-deployment-target-{first['target']}"
     return f"job-{first['metadata']['id']}"
 
 
@@ -60,5 +67,8 @@ def test_every_required_path_has_a_stored_history() -> None:
 async def test_history_replays(path: Path) -> None:
     raw = json.loads(path.read_text())
     history = WorkflowHistory.from_json(workflow_id_of(raw), raw)
-    replayer = Replayer(workflows=[JobWorkflow, DeploymentTargetWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[JobWorkflow, DeploymentTargetWorkflow, DeploymentTargetWatchWorkflow],
+        data_converter=pydantic_data_converter,
+    )
     await replayer.replay_workflow(history)

@@ -19,10 +19,11 @@ from jobctl.settings import Settings
 from jobctl.targets import DeploymentTargets
 from workflows.deployment_target import DeploymentTargetWorkflow
 from workflows.job import JobWorkflow
+from workflows.target_watch import DeploymentTargetWatchWorkflow
 
 log = logging.getLogger("jobctl.worker")
 
-WORKFLOWS: Sequence[type] = (JobWorkflow, DeploymentTargetWorkflow)
+WORKFLOWS: Sequence[type] = (JobWorkflow, DeploymentTargetWorkflow, DeploymentTargetWatchWorkflow)
 
 
 async def connect(settings: Settings | None = None) -> Client:

@@ -6,9 +6,11 @@ Requests (cancel, drain, update) arrive as signals (fire and forget) or as updat
 or rejected with the reason). Both go through the same checks. A signal whose payload is malformed or
 not acceptable in the Job's state is recorded in status.events as rejected, never dropped silently.
 
-Observation is a long-poll: the observe activity returns only when what the engine reports has changed
-(or after a long maximum wait), so history grows with the number of changes, not with elapsed time, and
-the workflow continues as new when Temporal suggests it.
+Observation is pushed: the Deployment Target's watcher (activities/watch.py) surveys all engine jobs of
+the target at once and signals a Job only when its engine job changed; the Job checks by itself only every
+few hours. So history grows with the number of changes, not with elapsed time, and a run continues as new
+after a few hundred events. (Jobs the watcher does not see, and runs started before watchers existed,
+observe with a long-poll activity that returns when the engine job changed.)
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ HANDOVER_PATCH = "lease-handover-to-successor"
 # Long-poll bound for one observe activity: long enough that a quiet job writes a handful of events a
 # day, short enough that lastUpdateTime is never older than this.
 OBSERVE_MAX_WAIT = timedelta(hours=4)
+# Observation pushed by the Deployment Target's watcher; runs without this marker long-poll.
+WATCH_PATCH = "observation-pushed-by-target-watcher"
+# How often a watched Job checks its engine job itself: a safety net should the watcher miss a change,
+# and the moment a watcher an operator stopped is started again. Each check costs 11 history events.
+CHECK_EVERY = timedelta(hours=8)
+# The first check, when no observation came since the run began: an engine job that ended before the
+# watcher ever saw it (a batch job failing at launch) is not left waiting for hours.
+CHECK_SOON = timedelta(seconds=30)
+# A watched run continues as new after this many events, so replaying it (a worker's cache evicted it) is
+# always cheap; with pushes that is weeks of a quiet Job.
+MAX_RUN_EVENTS = 500
 
 # Temporal retries transient failures; these error types mean retrying cannot help.
 NON_RETRYABLE = ["DeploymentTargetNotFound", "InvalidArtifact", "SubmitRejected", "InvalidSpec"]
@@ -126,6 +139,9 @@ class JobWorkflow:
         self._drain_timeout: int | None = None
         self._update_spec: UpdateRequest | None = None
         self._last_observation: Observation | None = None
+        # The newest observation the watcher pushed that the main loop has not taken yet.
+        self._news: Observation | None = None
+        self._watched = False
         # An update the engine carries out in place (Dataflow): its successor, and the request that
         # waits for the engine to report this Job's engine job replaced.
         self._in_place: TerminatingStatus | None = None
@@ -151,6 +167,7 @@ class JobWorkflow:
                 type="InvalidSpec",
                 non_retryable=True,
             )
+        self._watched = workflow.patched(WATCH_PATCH)
         workflow.upsert_search_attributes(
             [pair.key.value_set(pair.value) for pair in search_attributes_for(self._job, self._status.state)]
         )
@@ -223,6 +240,8 @@ class JobWorkflow:
             return
         self._status.engine_job_id = submission.engine_job_id
         self._status.engine_ui_url = submission.engine_ui_url
+        if self._watched:
+            self._status.watched_by = submission.watched_by
         self._status.starting_message = "submitted; waiting for the engine to report the job running"
         verb = "adopted the existing" if submission.adopted else "submitted"
         self._event("SUBMITTED", f"{verb} engine job {submission.engine_job_id}")
@@ -335,6 +354,9 @@ class JobWorkflow:
 
     async def _observe(self) -> None:
         assert self._status.engine_job_id is not None
+        if self._watched and self._status.watched_by:
+            await self._await_news()
+            return
         task = workflow.start_activity(
             engine.OBSERVE,
             ObserveInput(
@@ -366,6 +388,64 @@ class JobWorkflow:
             self._apply(task.result())
         except ActivityError as err:
             self._fail_from_activity(err)
+
+    async def _await_news(self) -> None:
+        """Wait for the watcher's next push (or a request); check the engine job itself now and then."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._news is not None or self._request_to_carry_out() or self._in_place_successor_ended(),
+                timeout=CHECK_SOON if self._last_observation is None else CHECK_EVERY,
+                timeout_summary="check the engine job",
+            )
+        except TimeoutError:
+            await self._check_engine_job()
+            return
+        if self._news is not None:
+            news, self._news = self._news, None
+            if news.phase is EnginePhase.FAILED and news.failure_message is None:
+                # The watcher sends no engine error texts (they may quote the Job's secret parameters, and
+                # signals pass no scrubbing): the Job's own look reads the root cause, scrubbed.
+                await self._check_engine_job()
+            else:
+                self._take(news)
+
+    async def _check_engine_job(self) -> None:
+        """One look at the engine job through the observe activity (no waiting for news)."""
+        try:
+            checked = await workflow.execute_activity(
+                engine.OBSERVE,
+                ObserveInput(
+                    metadata=self._job.metadata,
+                    spec=self._job.spec,
+                    engine_job_id=self._status.engine_job_id,
+                    last=self._last_observation,
+                    max_wait_seconds=0,
+                ),
+                result_type=Observation,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_RETRY_FOREVER,
+                summary="check the engine job",
+            )
+        except ActivityError as err:
+            self._fail_from_activity(err)
+            return
+        self._take(checked)
+
+    def _take(self, obs: Observation) -> None:
+        """Apply an observation unless it is about another engine job, older than what we have, or no news."""
+        last = self._last_observation
+        if obs.engine_job_id != self._status.engine_job_id or (last and obs.observed_at < last.observed_at):
+            return
+        if obs.differs_from(last):
+            self._apply(obs)
+
+    @workflow.signal(name=engine.OBSERVED, description="From the Deployment Target's watcher: the engine job changed.")
+    def engine_observed(self, obs: Observation) -> None:
+        if self._news is None or obs.observed_at >= self._news.observed_at:
+            self._news = obs
+
+    def _in_place_successor_ended(self) -> bool:
+        return self._successor is not None and self._in_place is not None and self._successor.done()
 
     def _apply(self, obs: Observation) -> None:
         self._last_observation = obs
@@ -642,6 +722,12 @@ class JobWorkflow:
                 f"an update cannot change the engine ({self._job.spec.engine} -> {request.spec.engine}); "
                 "start a new Job instead"
             )
+        unusable = request.spec.unusable_secrets()
+        if unusable:
+            raise RequestRejected(
+                f"secret parameter(s) {', '.join(unusable)} hold no usable value (sent unencrypted, or copied "
+                "as *** from what jobctl shows); send the update with `jobctl update` and JOBCTL_CODEC_KEY set"
+            )
 
     @workflow.update(name="cancel", description="Cancel the Job and get an answer.")
     def cancel_update(self, request: CancelRequest) -> RequestAnswer:
@@ -683,7 +769,8 @@ class JobWorkflow:
 
     @workflow.query(name="job", description="The whole Job resource: metadata, spec and status.")
     def job(self) -> Job:
-        return self._job.model_copy(update={"status": self._status})
+        # Secret parameters show as "***": query results are not encrypted, and the web UI shows them.
+        return self._job.model_copy(update={"status": self._status}).redacted()
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -707,8 +794,12 @@ class JobWorkflow:
         del self._status.events[:-MAX_EVENTS]
 
     def _should_continue_as_new(self) -> bool:
-        # Temporal's own suggestion is recorded in history, so a replay decides exactly as the run did.
-        return workflow.info().is_continue_as_new_suggested()
+        # Both are recorded in history (the suggestion, the length at each workflow task), so a replay
+        # decides exactly as the run did.
+        info = workflow.info()
+        if self._watched and info.get_current_history_length() >= MAX_RUN_EVENTS:
+            return True
+        return info.is_continue_as_new_suggested()
 
     def _publish(self) -> None:
         """Refresh what the web UI shows: the current details (Markdown)."""

@@ -115,6 +115,10 @@ class EmulatorAdmin:
         """Fault defaults for jobs launched from now on (fail_after_seconds, drain_never_completes, ...)."""
         return await self._call("SetFaults", faults)
 
+    async def request_counts(self) -> dict[str, int]:
+        """Dataflow API requests served so far, per project."""
+        return await self._call("RequestCounts")
+
     async def list_all_jobs(self) -> list[dict]:
         return await self._call("ListAllJobs")
 

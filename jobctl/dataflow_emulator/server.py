@@ -91,6 +91,7 @@ class EmulatorServer:
         self.host = ""
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self.requests: dict[str, int] = {}  # project -> Dataflow API requests served
 
     @property
     def address(self) -> str:
@@ -216,6 +217,7 @@ class EmulatorServer:
                     )
                 ),
                 "SetFaults": admin(lambda b: self.set_faults(**b).model_dump(mode="json")),
+                "RequestCounts": admin(lambda b: dict(self.requests)),
                 "ListAllJobs": admin(
                     lambda b: (self.model.tick(), [_job_json(j) for j in self.model.jobs.values()])[1]
                 ),
@@ -225,6 +227,9 @@ class EmulatorServer:
 
     def _wrap(self, fn: Callable[[Any], Any]) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Counted per project, as a quota would be: what the benchmark reports as requests per target.
+            project = getattr(request, "project_id", "") or ""
+            self.requests[project] = self.requests.get(project, 0) + 1
             if self.model.is_unavailable():
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, "The Dataflow emulator is unavailable (injected fault)."

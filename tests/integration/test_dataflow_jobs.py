@@ -204,17 +204,18 @@ async def test_api_outage_shows_unknown_and_recovers(client: Client, emulator: E
     emulator.set_unavailable(3)
     seen: list[tuple[JobState, str | None]] = []
 
-    def record(s: JobStatus) -> JobStatus:
+    def seen_in(s: JobStatus) -> JobStatus:
         seen.append((s.state, observed(s)))
         return s
 
-    status = await wait_for(handle, lambda s: observed(record(s)) == "UNKNOWN", "observed UNKNOWN")
+    status = await wait_for(handle, lambda s: observed(seen_in(s)) == "UNKNOWN", "observed UNKNOWN")
     assert status.state is JobState.STARTED
     assert any("UNAVAILABLE" in m or "ServiceUnavailable" in m for m in events(status, "ENGINE_UNREACHABLE"))
-    await wait_for(handle, lambda s: observed(record(s)) == "JOB_STATE_RUNNING", "observed RUNNING again")
+    await wait_for(handle, lambda s: observed(seen_in(s)) == "JOB_STATE_RUNNING", "observed RUNNING again")
     assert {state for state, _ in seen} == {JobState.STARTED}, seen
     await handle.signal("cancel", {})
     assert (await result(handle)).status.state is JobState.TERMINATED
+    await record(handle, "real_dataflow_outage_cancel")
 
 
 async def test_failing_job_fails_with_the_services_message(client: Client) -> None:
@@ -228,6 +229,7 @@ async def test_failing_job_fails_with_the_services_message(client: Client) -> No
     assert final.status.failure and final.status.failure.reason == "ENGINE_JOB_FAILED"
     assert message in final.status.failure.message
     assert observed(final.status) == "JOB_STATE_FAILED"
+    await record(handle, "real_dataflow_failed")
 
 
 async def test_a_retried_launch_adopts_instead_of_duplicating(client: Client, emulator: EmulatorServer) -> None:

@@ -154,7 +154,8 @@ async def test_bounded_job_finishes_and_jobctl_rejects_a_drain_afterwards(
 ) -> None:
     job = flink_job(example_jar, "--mode", "bounded", "--records", "2000")
     handle = await start(client, job)
-    final: Job = await asyncio.wait_for(handle.result(), timeout=120)
+    await wait_state(handle, JobState.FINISHED, timeout=120)
+    final: Job = await asyncio.wait_for(handle.result(), timeout=30)
     assert final.status and final.status.state is JobState.FINISHED
     jid = job.metadata.engine_job_id
     assert [j["state"] for j in await flink_jobs_with_id(flink_cluster, jid)] == ["FINISHED"]

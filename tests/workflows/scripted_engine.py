@@ -12,8 +12,9 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from jobctl import engine
 from jobctl.engine import (
@@ -32,7 +33,7 @@ from jobctl.engine import (
     SubmitInput,
 )
 from jobctl.ledger import Ask, Ledger
-from jobctl.models import Engine, Job, JobMetadata, JobSpec
+from jobctl.models import Engine, Job, JobMetadata, JobSpec, workflow_id_for
 from jobctl.states import EnginePhase, flink_phase
 from workflows.deployment_target import LedgerInput, ledger_workflow_id
 
@@ -70,13 +71,36 @@ class ScriptedEngine:
         self.updates_in_place = False  # SUSPEND replaces in place, like Dataflow
         self.refuse_replacement = False  # a successor's in-place launch is refused
         self.drain_gate: asyncio.Event | None = None  # a drain waits for it: holds the Job in TERMINATING
+        self.reclaim_interval_seconds = 2.0  # of the test's ledger: short, so reclaims show quickly
         # What the engine currently reports per job. Observing reads it, never consumes it, as with a real
         # engine: an observe call the workflow abandoned cannot swallow a change.
         self._current: dict[str, Observation] = {}
+        # The scripted Deployment Target watcher: pushes go out in order, one signal each, as the real
+        # watcher's do (activities/watch.py). None: Jobs are not watched and long-poll instead.
+        self.watched_by: str | None = "watch-deployment-target-local"
+        self._outbox: asyncio.Queue[Observation] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
 
     def push(self, jid: str, status: str, restarts: int | None = 0, failure: str | None = None, **kw: object) -> None:
-        """Make the engine report `status` for job `jid` at the next observation."""
+        """Make the engine report `status` for job `jid`: the watcher tells the Job, an observe call sees it."""
         self._current[jid] = observation(jid, status, restarts, failure, **kw)  # type: ignore[arg-type]
+        if self.watched_by:
+            self._outbox.put_nowait(self._current[jid])
+
+    def _start_watcher(self, client: Client) -> None:
+        if self._sender is None and self.watched_by:
+            self._sender = asyncio.create_task(self._send(client))
+
+    async def _send(self, client: Client) -> None:
+        while True:
+            obs = await self._outbox.get()
+            # As the real watcher: no engine error texts in signals (the Job reads them with a look of its own).
+            obs = obs.model_copy(update={"failure_message": None})
+            handle = client.get_workflow_handle(workflow_id_for(str(uuid.UUID(hex=obs.engine_job_id))))
+            try:
+                await handle.signal(engine.OBSERVED, obs)
+            except RPCError:
+                pass  # the Job's workflow closed: nobody to tell, as with the real watcher
 
     @activity.defn(name=engine.ACQUIRE)
     async def acquire(self, request: AcquireInput) -> Grant:
@@ -113,7 +137,10 @@ class ScriptedEngine:
         ledger_id = f"{ledger_workflow_id(target)}-{activity.info().task_queue}"
         await activity.client().start_workflow(
             "DeploymentTargetWorkflow",
-            LedgerInput(ledger=Ledger(target=target, capacity=self.capacity_of()), reclaim_interval_seconds=2),
+            LedgerInput(
+                ledger=Ledger(target=target, capacity=self.capacity_of()),
+                reclaim_interval_seconds=self.reclaim_interval_seconds,
+            ),
             id=ledger_id,
             task_queue=activity.info().task_queue,
             start_signal="ask",
@@ -142,20 +169,27 @@ class ScriptedEngine:
     @activity.defn(name=engine.SUBMIT)
     async def submit(self, request: SubmitInput) -> Submission:
         self.calls["submit"].append(request)
+        self._start_watcher(activity.client())
         jid = request.metadata.engine_job_id
         if jid in self.engine_jobs:
-            return Submission(engine_job_id=jid, adopted=True)
+            return Submission(engine_job_id=jid, adopted=True, watched_by=self.watched_by)
         if request.replaces_engine_job_id and self.refuse_replacement:
             raise ApplicationError("the update is not compatible", type="SubmitRejected", non_retryable=True)
         self.engine_jobs[jid] = "CREATED"
         if self.submit_fails_after_creating > 0:
             self.submit_fails_after_creating -= 1
             raise RuntimeError("connection reset while reading the submit answer")
-        return Submission(engine_job_id=jid, engine_ui_url=f"http://flink.example/#/job/running/{jid}/overview")
+        return Submission(
+            engine_job_id=jid,
+            engine_ui_url=f"http://flink.example/#/job/running/{jid}/overview",
+            watched_by=self.watched_by,
+        )
 
     @activity.defn(name=engine.OBSERVE)
     async def observe(self, request: ObserveInput) -> Observation:
         self.calls["observe"].append(request)
+        if request.max_wait_seconds == 0:  # a watched Job's own check: one look
+            return self._current.get(request.engine_job_id) or observation(request.engine_job_id, "CREATED")
         # A long-poll: answer as soon as the engine reports something new, else (rarely, as the real one)
         # with what the workflow knows. Answering "no news" often would race with requests: the
         # time-skipping server then refuses to cancel an observe that just completed.
