@@ -76,6 +76,8 @@ async def run(settings: Settings | None = None, stop: asyncio.Event | None = Non
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per engine request would drown what matters (watchers send several per second per target).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(run())
 
 

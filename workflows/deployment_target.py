@@ -9,6 +9,7 @@ check. The ledger lives in Temporal, so it survives worker crashes and server re
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -21,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from jobctl.ledger import Ask, Ledger, describe
     from jobctl.models import Model
 
+# Grants and waiting notices go out together, in one workflow task; older runs replay one after the other.
+CONCURRENT_SIGNALS_PATCH = "ledger-signals-together"
 # How often the ledger re-checks an engine that had no room (a shared cluster freeing slots by itself).
 RECHECK = timedelta(seconds=5)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -92,6 +95,7 @@ class DeploymentTargetWorkflow:
             if why:
                 self._ledger.release(ask.job_id)
                 await self._tell(ask.holder, "lease_refused", LeaseNotice(message=why, refused=True))
+        grants = []
         for ask in self._ledger.grantable(snapshot.engine_free):
             lease = self._ledger.grant(ask, workflow.now())
             self._told.pop(ask.job_id, None)
@@ -101,12 +105,20 @@ class DeploymentTargetWorkflow:
                 granted_at=lease.granted_at,
                 message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
             )
-            if not await self._tell(ask.holder, "lease_granted", grant):
+            grants.append((ask, grant))
+        if workflow.patched(CONCURRENT_SIGNALS_PATCH):
+            # All grants in one workflow task: one signal each waiting for the last would cost a task per Job.
+            told = await asyncio.gather(*(self._tell(ask.holder, "lease_granted", grant) for ask, grant in grants))
+        else:
+            told = [await self._tell(ask.holder, "lease_granted", grant) for ask, grant in grants]
+        for (ask, _), ok in zip(grants, told, strict=True):
+            if not ok:
                 self._ledger.release(ask.job_id)  # the holder is gone: nothing to hold for it
         await self._tell_waiting(snapshot)
 
     async def _tell_waiting(self, snapshot: CapacitySnapshot) -> None:
         free = self._ledger.free()
+        notices = []
         for position, ask in enumerate(self._ledger.queue[:20]):
             message = (
                 f"waiting for {describe(ask.resources)} on Deployment Target {self._ledger.target}, "
@@ -116,7 +128,12 @@ class DeploymentTargetWorkflow:
             )
             if self._told.get(ask.job_id) != message:
                 self._told[ask.job_id] = message
-                await self._tell(ask.holder, "lease_waiting", LeaseNotice(message=message))
+                notices.append(self._tell(ask.holder, "lease_waiting", LeaseNotice(message=message)))
+        if workflow.patched(CONCURRENT_SIGNALS_PATCH):
+            await asyncio.gather(*notices)
+        else:
+            for notice in notices:
+                await notice
 
     async def _tell(self, holder: str, signal: str, payload: Model) -> bool:
         """Signal a Job; False if it is gone (closed or never existed)."""
