@@ -44,6 +44,7 @@ REQUIRED = {
     "watched_continue_as_new",
     "real_dataflow_failed",
     "real_dataflow_outage_cancel",
+    "ledger_dataflow",
 }
 
 

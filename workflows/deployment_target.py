@@ -24,6 +24,9 @@ with workflow.unsafe.imports_passed_through():
 
 # Grants and waiting notices go out together, in one workflow task; older runs replay one after the other.
 CONCURRENT_SIGNALS_PATCH = "ledger-signals-together"
+# A capacity snapshot without the engine's own free figure is reused this long (patched: older runs ask each round).
+CAPACITY_CACHE_PATCH = "ledger-capacity-cached"
+CAPACITY_CACHE = timedelta(seconds=60)
 # How often the ledger re-checks an engine that had no room (a shared cluster freeing slots by itself).
 RECHECK = timedelta(seconds=5)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -48,6 +51,8 @@ class DeploymentTargetWorkflow:
         self._ledger = request.ledger
         self._changed = True
         self._told: dict[str, str] = {}  # the last waiting message each Job was sent
+        self._snapshot: CapacitySnapshot | None = None
+        self._snapshot_until = workflow.now()
 
     @workflow.run
     async def run(self, request: LedgerInput) -> None:
@@ -79,7 +84,13 @@ class DeploymentTargetWorkflow:
                     )
                 )
 
-    async def _admit(self) -> None:
+    async def _capacity(self) -> CapacitySnapshot:
+        """The target's capacity. An engine that reports no free figure of its own (Dataflow: only the declared
+        limits count) is asked at most once a minute, not once per admission round."""
+        cached = self._snapshot
+        if cached and cached.engine_free is None and workflow.now() < self._snapshot_until:
+            if workflow.patched(CAPACITY_CACHE_PATCH):
+                return cached
         snapshot: CapacitySnapshot = await workflow.execute_activity(
             engine.TARGET_CAPACITY,
             self._ledger.target,
@@ -89,6 +100,11 @@ class DeploymentTargetWorkflow:
             retry_policy=_RETRY,
             summary=f"capacity of {self._ledger.target}",
         )
+        self._snapshot, self._snapshot_until = snapshot, workflow.now() + CAPACITY_CACHE
+        return snapshot
+
+    async def _admit(self) -> None:
+        snapshot = await self._capacity()
         self._ledger.capacity = snapshot.capacity
         for ask in list(self._ledger.queue):
             why = self._ledger.never_fits(ask.resources)

@@ -317,3 +317,4 @@ async def test_jobs_beyond_max_concurrent_jobs_wait_their_turn(client: Client, e
     for handle in handles[1:]:
         await handle.execute_update("cancel", {}, result_type=RequestAnswer)
         await wait_state(handle, JobState.TERMINATED)
+    await record(client.get_workflow_handle("deployment-target-dataflow-small"), "ledger_dataflow")
