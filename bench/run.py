@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 from temporalio import activity, workflow  # noqa: E402
+from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
-from temporalio.common import SearchAttributeKey  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
@@ -51,7 +51,6 @@ from jobctl.states import JobState  # noqa: E402
 from jobctl.temporal_server import TemporalDevServer  # noqa: E402
 
 TASK_QUEUE = "jobctl"
-JOB_STATE = SearchAttributeKey.for_keyword("JobState")
 REGION = "us-central1"
 # Workflows in flight at once, for the bare baseline and for the Job lifecycles alike.
 CONCURRENCY = 100
@@ -444,12 +443,12 @@ class Bench:
                         "job": {"requested_state": "JOB_STATE_CANCELLED"},
                     }
                 )
-                return await self._seen_leaving_started(handle, time.monotonic())
+                return await self._seen_leaving_started(handle, time.time())
 
             async def cancel_flink(job: Job, handle: WorkflowHandle) -> float:
                 async with httpx.AsyncClient(base_url=self.flink.rest_url, timeout=10) as http:
                     await http.patch(f"/jobs/{job.metadata.engine_job_id}", params={"mode": "cancel"})
-                return await self._seen_leaving_started(handle, time.monotonic())
+                return await self._seen_leaving_started(handle, time.time())
 
             changed = random.sample(self.dataflow_handles, s.changes)
             flink_changed = self.flink_handles[: max(1, s.flink_jobs // 2)]
@@ -470,23 +469,20 @@ class Bench:
         )
 
     async def _seen_leaving_started(self, handle: WorkflowHandle, changed_at: float, timeout: float = 60) -> float:
-        """Seconds from the engine-side change until both the status query and JobState no longer say STARTED."""
-        status_seen = attribute_seen = None
-        deadline = changed_at + timeout
-        while (status_seen is None or attribute_seen is None) and time.monotonic() < deadline:
-            # The status first (a query), then the search attribute (describe): polling both all the time
-            # for dozens of Jobs would load the worker and the server more than the changes do.
-            if status_seen is None and await state_of(handle) is not JobState.STARTED:
-                status_seen = time.monotonic()
-            if status_seen is not None:
-                attributes = (await handle.describe()).typed_search_attributes
-                if attributes.get(JOB_STATE) != JobState.STARTED.value:
-                    attribute_seen = time.monotonic()
-                    break
-            await asyncio.sleep(0.1)
-        if status_seen is None or attribute_seen is None:
-            return float(timeout)
-        return max(status_seen, attribute_seen) - changed_at
+        """Seconds from the engine-side change until the Job's status and its JobState search attribute no longer
+        said STARTED: the time of the workflow task that wrote both (they change in the same task), read from
+        the Job's history, so that measuring adds no load (polling queries for dozens of Jobs would)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async for event in handle.fetch_history_events():
+                if event.event_type != EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+                    continue
+                fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+                at = event.event_time.ToDatetime().replace(tzinfo=UTC).timestamp()
+                if "JobState" in fields and at >= changed_at - 1 and b"STARTED" not in fields["JobState"].data:
+                    return max(0.0, at - changed_at)
+            await asyncio.sleep(1)
+        return float(timeout)
 
     # 4. history per day ---------------------------------------------------------------------------------
 
