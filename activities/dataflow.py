@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -643,6 +643,10 @@ def observation_of(job: df.Job, failure: str | None = None) -> Observation:
     )
 
 
+# How far back a watcher looks for jobs that ended unseen (a watcher restarting after its worker died).
+RECENTLY_ENDED = timedelta(minutes=15)
+
+
 class DataflowSurvey:
     """All active Dataflow jobs of one target (project and region) in one ListJobs per tick (a page per
     thousand or so jobs). The list carries each job's state, so no per-job call is needed while jobs run;
@@ -659,6 +663,7 @@ class DataflowSurvey:
         self._keys: dict[str, tuple[Any, ...]] = {}  # Dataflow job id -> (state, state time, type) last read
         self._owners: dict[str, str | None] = {}  # Dataflow job id -> jobctl Job id (None: not jobctl's)
         self._seen: dict[str, Sighting] = {}  # Dataflow job id -> the latest sighting of a Job's job
+        self._ended: dict[str, datetime] = {}  # Dataflow job id -> when it ended, for jobs already reported ended
 
     async def tick(self, wanted: Wanted) -> list[Sighting]:
         active = await self._active()
@@ -692,7 +697,39 @@ class DataflowSurvey:
             if obs.phase is EnginePhase.UNKNOWN:
                 continue  # could not be read just now: the next tick asks again
             self._seen[jid] = Sighting(self._seen[jid].job_id, obs)
-        return list(self._seen.values())
+        sightings = list(self._seen.values())
+        for jid, sighting in self._seen.items():
+            if sighting.observation.phase in ENDED_PHASES:
+                self._ended[jid] = _now()
+        return sightings + await self._recently_ended(wanted, ids)
+
+    async def _recently_ended(self, wanted: Wanted, active: set[str]) -> list[Sighting]:
+        """Jobs that ended while no watcher saw them: while the watcher was restarting (its worker died), or
+        between two surveys right after launch. The newest page of ended jobs tells (one request)."""
+        horizon = _now() - RECENTLY_ENDED
+        for jid in [j for j, when in self._ended.items() if when < horizon]:
+            del self._ended[jid]
+        request = {
+            "project_id": self._where.project,
+            "location": self._where.region,
+            "filter": df.ListJobsRequest.Filter.TERMINATED,
+            "page_size": 50,
+        }
+        try:
+            await self._budget.acquire()
+            response = await self._dataflow._clients().jobs.list_jobs(request=request, timeout=self._dataflow._timeout)
+        except (*TRANSIENT, gexc.GoogleAPICallError) as err:
+            raise EngineUnreachable(f"Dataflow API ({self._where}) did not list jobs: {_error_text(err)}") from err
+        found = []
+        for job in response.jobs:
+            ended = job.current_state_time
+            if job.id in active or job.id in self._seen or job.id in self._ended or (ended and ended < horizon):
+                continue
+            self._ended[job.id] = _now()
+            owner = dict(job.labels).get(LABEL)  # a summary without labels: the Job's own check finds it
+            if owner and await wanted(owner):
+                found.append(Sighting(owner, observation_of(job)))
+        return found
 
     async def _active(self) -> list[df.Job]:
         # As many jobs per page as the service gives (its own limit applies): each page is one request.
