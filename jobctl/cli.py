@@ -10,18 +10,35 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
-from temporalio.client import Client, WorkflowUpdateFailedError
+from rich.text import Text
+from temporalio.client import (
+    Client,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobctl.codec import CodecKeyError, SecretsNotEncrypted, data_converter, generate_key
-from jobctl.models import Job, JobSpec, JobStatus, RequestAnswer, workflow_id_for
+from jobctl.models import (
+    CancelRequest,
+    DrainRequest,
+    Input,
+    Job,
+    JobSpec,
+    JobStatus,
+    RequestAnswer,
+    UpdateRequest,
+    workflow_id_for,
+)
 from jobctl.settings import Settings
 from jobctl.states import JobState
-from jobctl.targets import DeploymentTargets, TargetsError
+from jobctl.targets import DeploymentTargets, DocumentError, TargetsError, field_path, read_document
 
 app = typer.Typer(
     help="jobctl: a durable control plane for Apache Flink and Google Cloud Dataflow jobs, on Temporal.",
@@ -32,9 +49,27 @@ out = Console()
 err = Console(stderr=True)
 
 
+# Control characters other than newline and tab, shown escaped (\x1b): they would garble or drive the terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    # The message quotes what users typed (ids, paths, field values): never read it as rich markup, and
+    # never hard-wrap it, so scripts and logs get it whole.
+    err.print(f"[red]error:[/red] {escape(message.translate(_CONTROL))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _plain(value: object) -> Text:
+    """A table cell showing a value as it is (user input, engine messages), never as rich markup."""
+    return Text(str(value))
+
+
+def _temporal_address() -> str:
+    try:
+        return str(ClientConfig.load_client_connect_config().get("target_host") or "localhost:7233")
+    except Exception:  # an unreadable profile: the connection error itself says what is wrong
+        return "the configured address"
 
 
 def _connect() -> Client:
@@ -46,7 +81,7 @@ def _connect() -> Client:
         fail(str(exc))
     except Exception as exc:  # connection refused, bad TLS settings, ...
         fail(
-            f"cannot reach Temporal ({exc}); is the server running? "
+            f"cannot reach Temporal at {_temporal_address()} ({exc}); is the server running? "
             "Set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (or a temporal config profile)"
         )
 
@@ -62,31 +97,46 @@ def job_id_of(ref: str) -> str:
 
 def load_job_file(path: Path, job_id: str | None = None) -> Job:
     """Read a Job (YAML or JSON), give it an id if it has none, and make a relative jar path absolute."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        fail(f"Job file {path} does not exist")
-    except yaml.YAMLError as exc:
-        fail(f"Job file {path} is not valid YAML or JSON: {exc}")
+    raw = _read(path, "Job file")
     if not isinstance(raw, dict):
         fail(f"Job file {path} must hold one Job object (kind: Job, metadata, spec)")
-    metadata = raw.setdefault("metadata", {}) or {}
-    raw["metadata"] = metadata
-    if job_id or not metadata.get("id"):
+    if raw.get("metadata") is None:
+        raw["metadata"] = {}
+    # Anything not shaped as expected is left as it is, for validation to name the field.
+    metadata = raw["metadata"]
+    if isinstance(metadata, dict) and (job_id or metadata.get("id") in (None, "")):
         metadata["id"] = job_id or str(uuid.uuid4())
-    artifact = (raw.get("spec") or {}).get("artifact") or {}
-    jar = artifact.get("jarUri") if isinstance(artifact, dict) else None
-    if isinstance(jar, str) and "://" not in jar and not jar.startswith("/"):
-        artifact["jarUri"] = (path.parent / jar).resolve().as_uri()
+    spec = raw.get("spec")
+    artifact = spec.get("artifact") if isinstance(spec, dict) else None
+    unusable = ""
+    for key in ("jarUri", "jar_uri") if isinstance(artifact, dict) else ():
+        jar = artifact.get(key)
+        if isinstance(jar, str) and jar and "://" not in jar and not jar.startswith("/"):
+            try:
+                artifact[key] = (path.parent / jar).resolve().as_uri()
+            except (OSError, ValueError) as exc:  # e.g. a NUL byte in the path
+                unusable = f"  spec.artifact.{key}: {jar!r} is not a usable path ({exc})"
     raw.pop("status", None)
     try:
-        return Job.model_validate(raw)
+        job = Job.model_validate(raw)
     except ValidationError as exc:
         fail(f"Job file {path} is invalid:\n{_errors(exc)}")
+    if unusable:
+        fail(f"Job file {path} is invalid:\n{unusable}")
+    return job
+
+
+def _read(path: Path, what: str) -> object:
+    try:
+        return read_document(path)
+    except FileNotFoundError:
+        fail(f"{what} {path} does not exist")
+    except DocumentError as exc:
+        fail(f"{what} {path} {exc}")
 
 
 def _errors(exc: ValidationError) -> str:
-    return "\n".join(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return "\n".join(f"  {field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def _print_json(value: Any) -> None:
@@ -145,6 +195,8 @@ def _query(ref: str, name: str, result_type: type) -> Any:
         if exc.status == RPCStatusCode.NOT_FOUND:
             fail(f"no Job {job_id} in namespace {client.namespace}")
         fail(f"could not read Job {job_id}: {exc}")
+    except WorkflowQueryFailedError as exc:  # e.g. no worker has the Job's workflow code
+        fail(f"could not read Job {job_id}: {exc}")
 
 
 @app.command()
@@ -160,27 +212,27 @@ def status(
     table = Table(show_header=False, box=None)
     table.add_row("state", f"[bold]{st.state}[/bold]")
     if st.engine_job_id:
-        table.add_row("engine job", st.engine_job_id)
+        table.add_row("engine job", _plain(st.engine_job_id))
     if st.engine_ui_url:
-        table.add_row("engine UI", st.engine_ui_url)
+        table.add_row("engine UI", _plain(st.engine_ui_url))
     if st.starting_message and st.state is JobState.STARTING:
-        table.add_row("starting", st.starting_message)
+        table.add_row("starting", _plain(st.starting_message))
     if st.started:
         for key, value in _dump(st.started).items():
-            table.add_row(key, str(value))
+            table.add_row(key, _plain(value))
     if st.savepoint:
-        table.add_row("savepoint", f"{st.savepoint.location} ({st.savepoint.taken_for.lower()})")
+        table.add_row("savepoint", _plain(f"{st.savepoint.location} ({st.savepoint.taken_for.lower()})"))
     if st.failure:
-        table.add_row("failure", f"{st.failure.reason}: {st.failure.message}")
+        table.add_row("failure", _plain(f"{st.failure.reason}: {st.failure.message}"))
     if st.links.predecessor_job_id:
-        table.add_row("predecessor", st.links.predecessor_job_id)
+        table.add_row("predecessor", _plain(st.links.predecessor_job_id))
     if st.links.successor_job_id:
-        table.add_row("successor", st.links.successor_job_id)
+        table.add_row("successor", _plain(st.links.successor_job_id))
     out.print(table)
     if st.events:
         events = Table("time", "event", "message", title="recent events", title_justify="left")
         for event in st.events[-10:]:
-            events.add_row(f"{event.time:%Y-%m-%d %H:%M:%S}", event.kind, event.message)
+            events.add_row(f"{event.time:%Y-%m-%d %H:%M:%S}", _plain(event.kind), _plain(event.message))
         out.print(events)
 
 
@@ -194,7 +246,7 @@ def get(job: Annotated[str, typer.Argument(help="Job id or workflow id")]) -> No
 def list_jobs(
     state: Annotated[str | None, typer.Option(help="only Jobs in this state, e.g. STARTED")] = None,
     deployment: Annotated[str | None, typer.Option(help="only Jobs of this deployment")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 50,
 ) -> None:
     """List Jobs, newest first, with their state from the JobState search attribute."""
     query = "WorkflowType = 'JobWorkflow'"
@@ -203,30 +255,50 @@ def list_jobs(
             fail(f"unknown state {state!r}; one of {', '.join(JobState)}")
         query += f" AND JobState = '{state.upper()}'"
     if deployment:
-        query += f" AND DeploymentName = '{deployment}'"
+        query += f" AND DeploymentName = {_quoted(deployment)}"
     client = _connect()
 
     async def go() -> list[Any]:
         return [wf async for wf in client.list_workflows(query, limit=limit)]
 
-    rows = asyncio.run(go())
+    try:
+        rows = asyncio.run(go())
+    except RPCError as exc:
+        fail(f"could not list Jobs: {exc.message}")
     table = Table("job id", "state", "engine", "target", "deployment", "engine job", "started")
     for wf in rows:
         attrs = wf.search_attributes
         table.add_row(
-            wf.id.removeprefix("job-"),
-            (attrs.get("JobState") or ["?"])[0],
-            (attrs.get("JobEngine") or [""])[0],
-            (attrs.get("DeploymentTarget") or [""])[0],
-            (attrs.get("DeploymentName") or [""])[0],
-            (attrs.get("EngineJobId") or [""])[0],
-            f"{wf.start_time:%Y-%m-%d %H:%M:%S}",
+            *(
+                _plain(value)
+                for value in (
+                    wf.id.removeprefix("job-"),
+                    (attrs.get("JobState") or ["?"])[0],
+                    (attrs.get("JobEngine") or [""])[0],
+                    (attrs.get("DeploymentTarget") or [""])[0],
+                    (attrs.get("DeploymentName") or [""])[0],
+                    (attrs.get("EngineJobId") or [""])[0],
+                    f"{wf.start_time:%Y-%m-%d %H:%M:%S}",
+                )
+            )
         )
     out.print(table)
 
 
+def _quoted(value: str) -> str:
+    """A string literal of Temporal's visibility query language (its parser keeps backslashes as they are)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+REQUESTS: dict[str, type[Input]] = {"cancel": CancelRequest, "drain": DrainRequest, "update": UpdateRequest}
+
+
 def _request(ref: str, name: str, payload: dict[str, Any]) -> None:
     job_id = job_id_of(ref)
+    try:
+        REQUESTS[name].model_validate(payload)
+    except ValidationError as exc:  # said here, before anything is sent
+        fail(f"{name} not sent, it is invalid:\n{_errors(exc)}")
     client = _connect()
     handle = client.get_workflow_handle(workflow_id_for(job_id))
 
@@ -239,6 +311,8 @@ def _request(ref: str, name: str, payload: dict[str, Any]) -> None:
         fail(f"{name} not sent: {exc}")
     except WorkflowUpdateFailedError as exc:
         fail(f"{name} rejected: {getattr(exc.cause, 'message', exc.cause)}")
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        fail(f"{name} sent to Job {job_id} but not answered in time; is a jobctl worker running? See `jobctl status`")
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND and "completed" in exc.message.lower():
             closed: JobStatus = _query(job_id, "status", JobStatus)
@@ -246,7 +320,7 @@ def _request(ref: str, name: str, payload: dict[str, Any]) -> None:
         if exc.status == RPCStatusCode.NOT_FOUND:
             fail(f"no Job {job_id} in namespace {client.namespace}")
         fail(f"could not send {name} to Job {job_id}: {exc}")
-    out.print(f"{answer.message} (state {answer.state})", highlight=False)
+    out.print(f"{answer.message} (state {answer.state})", highlight=False, markup=False)
 
 
 @app.command()
@@ -277,19 +351,18 @@ def update(
     reason: Annotated[str | None, typer.Option(help="why, recorded in the Job's status")] = None,
 ) -> None:
     """Update a Job to a new spec: savepoint, then a successor Job restores from it."""
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        fail(f"cannot read {file}: {exc}")
+    job_id_of(job)
+    raw = _read(file, "file")
     if isinstance(raw, dict) and "spec" in raw and raw.get("kind", "Job") == "Job":
         new = load_job_file(file)
         spec = _dump(new.spec)
     else:
         spec = raw
     try:
-        _check_secrets(JobSpec.model_validate(spec), Settings())
-    except ValidationError:
-        pass  # the Job answers with what is wrong
+        checked = JobSpec.model_validate(spec)
+    except ValidationError as exc:  # said here, before anything is sent
+        fail(f"{file} does not hold a valid spec (a Job file, or just the spec):\n{_errors(exc)}")
+    _check_secrets(checked, Settings())
     _request(job, "update", {"spec": spec, "reason": reason})
 
 
@@ -322,7 +395,10 @@ def targets(
                         raise
                     # No Job has asked this target for anything yet.
 
-        asyncio.run(read())
+        try:
+            asyncio.run(read())
+        except (RPCError, WorkflowQueryFailedError) as exc:
+            fail(f"could not read the Deployment Targets' leases: {exc}")
     if as_json:
         _print_json(
             [
@@ -338,9 +414,9 @@ def targets(
         ledger = ledgers.get(t.name)
         used = describe({k: v for k, v in ledger.used().items() if v}) if ledger else "-"
         table.add_row(
-            t.name,
+            _plain(t.name),
             t.kind,
-            where,
+            _plain(where),
             capacity,
             used,
             str(len(ledger.leases)) if ledger else "0",
@@ -350,7 +426,7 @@ def targets(
     for name, ledger in ledgers.items():
         if not ledger.leases and not ledger.queue:
             continue
-        detail = Table("Job", "holds / asks for", "since", "", title=f"{name}", title_justify="left")
+        detail = Table("Job", "holds / asks for", "since", "", title=_plain(name), title_justify="left")
         for lease in ledger.leases.values():
             detail.add_row(lease.job_id, describe(lease.resources), f"{lease.granted_at:%Y-%m-%d %H:%M:%S}", "lease")
         for position, ask in enumerate(ledger.queue):

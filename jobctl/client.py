@@ -16,9 +16,13 @@ from jobctl.states import JobState
 async def start_job(client: Client, job: Job, task_queue: str, summary: str | None = None) -> WorkflowHandle[Any, Job]:
     """Start the Job's workflow (id job-<metadata.id>) with its search attributes and web UI summary.
 
-    A Job with secret parameters starts only through a client that encrypts them (jobctl.codec)."""
+    A Job with secret parameters starts only through a client that encrypts them (jobctl.codec). A Job that
+    is not valid raises pydantic's ValidationError here, naming the fields, and nothing starts."""
     from workflows.job import search_attributes_for
 
+    # pydantic does not validate assignments: a Job changed after it was built (job.spec.parallelism = 0)
+    # would otherwise reach the workflow, which can only fail. Say so to the caller instead.
+    job = Job.model_validate(job.model_dump(by_alias=True, warnings=False))
     check_secrets(job, client.data_converter)
 
     return await client.start_workflow(

@@ -7,8 +7,11 @@ targets:
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import yaml
@@ -77,6 +80,66 @@ class TargetsError(ValueError):
     """The Deployment Targets file is missing or invalid; the message says where and what to fix."""
 
 
+_PLAIN_KEY = re.compile(r"[\w\-/]+")
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A validation error's location as users find it in their file (spec.artifact.jarUri). A key that is empty
+    or holds spaces, dots or control characters is quoted: it must neither vanish nor pass for another path."""
+    return ".".join(str(p) if isinstance(p, int) or _PLAIN_KEY.fullmatch(p) else repr(p) for p in loc)
+
+
+def _problem(error: Any, raw: object) -> str:
+    """One validation error as the user finds it in the file: `targets.1.flink-session.slots: Input should be
+    greater than or equal to 1 (target 'local')`; the path's index counts the entries from 0."""
+    loc = tuple(error["loc"])
+    said = f"{field_path(loc) or '(top)'}: {error['msg']}"
+    if len(loc) < 2 or loc[0] != "targets" or not isinstance(loc[1], int):
+        return said
+    entry: object = None
+    try:
+        entry = raw["targets"][loc[1]]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        pass
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"{said} (target {name[:63]!r})" if isinstance(name, str) and name else said
+
+
+class DocumentError(ValueError):
+    """A YAML or JSON file that cannot be read as a document; the message says why (not which file)."""
+
+
+def read_document(path: Path) -> object:
+    """The content of a YAML or JSON file (Deployment Targets, Jobs).
+
+    JSON is read as JSON: YAML would decode its escaped surrogate pairs (json.dumps writes "\\ud83d\\udca5"
+    for an emoji) into invalid strings. Raises FileNotFoundError, or DocumentError for anything else.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DocumentError(f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DocumentError(f"cannot be read: {err.strerror or err}") from None
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise DocumentError("is nested too deeply") from None
+        except ValueError:
+            pass  # a YAML flow collection, or broken JSON: YAML says what is wrong
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DocumentError(f"is not valid YAML or JSON: {err}") from None
+    except RecursionError:
+        raise DocumentError("is nested too deeply") from None
+    except Exception as err:  # PyYAML's constructors raise plain errors for bad scalars (`!!int x`, 2024-13-45)
+        raise DocumentError(f"is not valid YAML or JSON: {type(err).__name__}: {err}") from None
+
+
 class UnknownTarget(LookupError):
     pass
 
@@ -90,11 +153,11 @@ class DeploymentTargets:
     def load(cls, path: str | Path) -> DeploymentTargets:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = read_document(path)
         except FileNotFoundError:
             raise TargetsError(f"Deployment Targets file {path} does not exist; set JOBCTL_TARGETS") from None
-        except yaml.YAMLError as err:
-            raise TargetsError(f"Deployment Targets file {path} is not valid YAML: {err}") from None
+        except DocumentError as err:
+            raise TargetsError(f"Deployment Targets file {path} {err}") from None
         return cls.parse(raw if raw is not None else {}, str(path))
 
     @classmethod
@@ -102,7 +165,7 @@ class DeploymentTargets:
         try:
             parsed = TargetsFile.model_validate(raw)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
+            problems = "; ".join(_problem(e, raw) for e in err.errors())
             raise TargetsError(f"Deployment Targets file {source} is invalid: {problems}") from None
         return cls(list(parsed.targets), source)
 
