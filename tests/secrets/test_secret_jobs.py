@@ -171,11 +171,6 @@ async def test_secret_reaches_the_engine_and_no_history(
     assert not found, "\n".join(found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs workflows/job.py's `job` query to return the Job redacted: "
-    "`return self._job.model_copy(update={'status': self._status}).redacted()`",
-)
 async def test_job_query_shows_secrets_as_stars(client: Client) -> None:
     job = secret_job("shown", {"dbPassword": SECRET})
     handle = await start_job(client, job, TASK_QUEUE)
