@@ -570,13 +570,15 @@ class DataflowEngine:
             await asyncio.sleep(self._poll_interval)
 
     async def _drain(self, request: StopInput, where: Where, jid: str) -> StopResult:
-        # A retried attempt keeps the first attempt's start time, so the deadline does not move.
+        # savepointTimeoutSeconds counts from the first attempt that reached Dataflow, as for Flink: the
+        # start time is kept (heartbeat) only once Dataflow answered, so an API outage before that never
+        # turns a drain into a cancel; a retried attempt keeps it, so the deadline does not move.
         previous = activity.info().heartbeat_details
         progress: dict[str, Any] = dict(previous[0]) if previous and isinstance(previous[0], dict) else {}
         progress.setdefault("since", time.time())
-        activity.heartbeat(progress)
         deadline = progress["since"] + request.savepoint_timeout_seconds
         job = await self._get(where, jid)
+        activity.heartbeat(progress)
         if is_batch(job):
             # The workflow refuses this first (Observation.refuses); double-checked: never send it.
             raise ApplicationError(refusals(job)["DRAIN"], type="RequestRejected", non_retryable=True)

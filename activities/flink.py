@@ -27,6 +27,7 @@ from jobctl.targets import FlinkSessionTarget
 
 GLOBALLY_TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
 UNKNOWN = "UNKNOWN"
+CLOCK_SLACK_SECONDS = 60  # between this worker's clock and the JobManager's
 
 
 class FlinkUnreachable(Exception):
@@ -293,6 +294,12 @@ class FlinkEngine:
         why = f"the savepoint did not complete within {request.savepoint_timeout_seconds}s"
         while True:
             if "trigger" not in state:
+                # Before each trigger, whether the job already ended: an earlier attempt's stop may have
+                # reached Flink though its answer was lost, and Flink accepts a stop of an ended job, only
+                # to fail its savepoint (FlinkJobNotFoundException) again and again.
+                ended = await self._ended(request, target, jid, state["since"])
+                if ended is not None:
+                    return ended
                 if time.time() >= deadline:
                     return await self._savepoint_failed(request, target, jid, why)
                 trigger = await self._trigger_stop(target, jid, drain)
@@ -338,6 +345,29 @@ class FlinkEngine:
             )
         return await self._savepoint_failed(request, target, jid, "Flink lost track of the savepoint")
 
+    async def _ended(self, request: StopInput, target: FlinkSessionTarget, jid: str, since: float) -> StopResult | None:
+        """The answer if the job has already ended: with the savepoint Flink took since the stop was
+        first asked for (by an attempt whose answer was lost), else as it ended. None while it runs."""
+        details = await self._job(target, jid)
+        status = str(details.get("state")) if details else "NOT_FOUND"
+        if details is not None and status not in GLOBALLY_TERMINAL:
+            return None
+        location = await self._latest_savepoint(target, jid, taken_since=since)
+        after = " after draining" if request.mode is StopMode.DRAIN else ""
+        if location:
+            return _stop_result(
+                engine_status=status,
+                savepoint_location=location,
+                message=f"Flink job {jid} stopped with a savepoint{after} (asked by an earlier attempt whose "
+                "answer was lost)",
+                started_fields={"observedFlinkJobStatus": status},
+            )
+        return _stop_result(
+            engine_status=status,
+            message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
+            started_fields={"observedFlinkJobStatus": status},
+        )
+
     async def _trigger_stop(self, target: FlinkSessionTarget, jid: str, drain: bool) -> str | StopResult:
         """POST /jobs/{jid}/stop: the trigger id, or the final answer if the job had already ended."""
         body: dict[str, Any] = {"drain": drain}
@@ -382,11 +412,15 @@ class FlinkEngine:
             started_fields={"observedFlinkJobStatus": status},
         )
 
-    async def _latest_savepoint(self, target: FlinkSessionTarget, jid: str) -> str | None:
+    async def _latest_savepoint(self, target: FlinkSessionTarget, jid: str, taken_since: float = 0) -> str | None:
+        """The job's latest completed savepoint from its checkpoint history, if triggered after
+        `taken_since` (seconds since the epoch; a minute's slack for clocks of other machines)."""
         response = await self._call(target, "GET", f"/jobs/{jid}/checkpoints")
         if response.status_code != 200:
             return None
         latest = (response.json().get("latest") or {}).get("savepoint") or {}
+        if (latest.get("trigger_timestamp") or 0) < (taken_since - CLOCK_SLACK_SECONDS) * 1000:
+            return None
         return latest.get("external_path") or None
 
 

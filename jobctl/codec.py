@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -73,27 +73,34 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def _objects(value: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in a value, outermost first. A loop, not recursion: a payload nested deeper
+    than Python's recursion limit must not crash the codec (and with it every workflow task)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def holds_secrets(value: Any) -> bool:
     """True if a JSON value holds a secretParameters object with a value that is not "***"."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in SECRET_KEYS and isinstance(item, dict) and any(v != REDACTED for v in item.values()):
-                return True
-            if holds_secrets(item):
-                return True
-    elif isinstance(value, list):
-        return any(holds_secrets(item) for item in value)
-    return False
+    return any(
+        key in SECRET_KEYS and isinstance(item, dict) and any(v != REDACTED for v in item.values())
+        for obj in _objects(value)
+        for key, item in obj.items()
+    )
 
 
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: {name: REDACTED for name in item} if key in SECRET_KEYS and isinstance(item, dict) else _redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact(item) for item in value]
+def _redacted(value: Any) -> Any:
+    """The value (freshly parsed, so changed in place) with every secret parameter's value shown as ***."""
+    for obj in list(_objects(value)):
+        for key in SECRET_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj[key] = dict.fromkeys(obj[key], REDACTED)
     return value
 
 
@@ -103,7 +110,7 @@ def _secret_json(payload: Payload) -> Any | None:
         return None
     try:
         value = json.loads(payload.data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep for any Job: pydantic will say so
         return None
     return value if holds_secrets(value) else None
 
@@ -144,7 +151,7 @@ class SecretsCodec(PayloadCodec):
         if plain is None:
             return payload
         # Sent in plaintext by something that bypassed this codec: never pass the values on.
-        return Payload(metadata=dict(payload.metadata), data=json.dumps(_redact(plain)).encode())
+        return Payload(metadata=dict(payload.metadata), data=json.dumps(_redacted(plain)).encode())
 
     def _decrypt(self, payload: Payload) -> Payload:
         used = payload.metadata.get("encryption-key-id", b"?").decode(errors="replace")

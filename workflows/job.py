@@ -22,7 +22,6 @@ from typing import Any
 import pydantic
 from temporalio import workflow
 from temporalio.common import (
-    RawValue,
     RetryPolicy,
     SearchAttributeKey,
     SearchAttributePair,
@@ -662,17 +661,36 @@ class JobWorkflow:
             raise ApplicationError(str(err), type="RequestRejected", non_retryable=True) from None
         return RequestAnswer(job_id=self._job.metadata.id, accepted=True, state=self._status.state, message=message)
 
-    def _validate(self, kind: str) -> None:
+    def _validate(self, kind: str, request: Any, model: type[pydantic.BaseModel]) -> None:
+        if not isinstance(request, model):  # binary/null and binary/plain payloads skip pydantic entirely
+            got = "null" if request is None else type(request).__name__
+            raise ApplicationError(
+                f"Job {self._job.metadata.id}: a {kind.lower()} takes one JSON object ({model.__name__}), got {got}",
+                type="RequestRejected",
+                non_retryable=True,
+            )
         try:
             self._check(kind)
         except RequestRejected as err:
             raise ApplicationError(str(err), type="RequestRejected", non_retryable=True) from None
 
-    # Signals take the raw payload and validate it here, so a malformed one is recorded as rejected
-    # instead of being dropped by the SDK with nothing but a worker log line.
-    def _decode(self, kind: str, raw: RawValue, model: type[pydantic.BaseModel]) -> Any:
+    # Signals take whatever was sent (any number of arguments, any encoding) and validate it here, so a
+    # malformed one is recorded as rejected instead of failing the workflow task (a wrong argument count
+    # raises in the SDK before any handler code runs) or being dropped by the SDK with only a log line.
+    # The value is converted back to JSON and validated as the update handlers' payloads are, so a signal
+    # and an update with the same payload get the same answer.
+    def _decode(self, kind: str, args: tuple[Any, ...], model: type[pydantic.BaseModel]) -> Any:
+        wanted = f"a {kind.lower()} signal takes one JSON object ({model.__name__})"
+        if len(args) != 1:
+            self._reject(kind, f"{wanted}, got {len(args)} arguments")
+            return None
+        value = args[0]
+        if value is None or isinstance(value, bytes):  # sent as binary/null or binary/plain, not JSON
+            self._reject(kind, f"{wanted}, got {'null' if value is None else 'bytes'}")
+            return None
+        converter = workflow.payload_converter()
         try:
-            return workflow.payload_converter().from_payload(raw.payload, model)
+            return converter.from_payload(converter.to_payload(value), model)
         except Exception as err:  # the converter wraps pydantic's ValidationError in various ways
             detail = str(err).splitlines()
             self._reject(kind, f"malformed {kind.lower()} payload: {' '.join(detail)[:500]}")
@@ -683,20 +701,20 @@ class JobWorkflow:
         self._publish()
 
     @workflow.signal(name="cancel", description="Cancel the Job: stop the engine job now, no savepoint.")
-    def cancel_signal(self, raw: RawValue) -> None:
-        request = self._decode("CANCEL", raw, CancelRequest)
+    def cancel_signal(self, *args: Any) -> None:
+        request = self._decode("CANCEL", args, CancelRequest)
         if request is not None:
             self._signal("CANCEL", request.reason)
 
     @workflow.signal(name="drain", description="Drain the Job: stop with a savepoint after draining.")
-    def drain_signal(self, raw: RawValue) -> None:
-        request = self._decode("DRAIN", raw, DrainRequest)
+    def drain_signal(self, *args: Any) -> None:
+        request = self._decode("DRAIN", args, DrainRequest)
         if request is not None and self._signal("DRAIN", request.reason):
             self._drain_timeout = request.savepoint_timeout_seconds
 
     @workflow.signal(name="update", description="Update the Job: savepoint, then a successor with the new spec.")
-    def update_signal(self, raw: RawValue) -> None:
-        request = self._decode("UPDATE", raw, UpdateRequest)
+    def update_signal(self, *args: Any) -> None:
+        request = self._decode("UPDATE", args, UpdateRequest)
         if request is not None and self._update_spec_fits(request) and self._signal("UPDATE", request.reason):
             self._update_spec = request
 
@@ -735,7 +753,7 @@ class JobWorkflow:
 
     @cancel_update.validator
     def _validate_cancel(self, request: CancelRequest) -> None:
-        self._validate("CANCEL")
+        self._validate("CANCEL", request, CancelRequest)
 
     @workflow.update(name="drain", description="Drain the Job and get an answer.")
     def drain_update(self, request: DrainRequest) -> RequestAnswer:
@@ -745,7 +763,7 @@ class JobWorkflow:
 
     @drain_update.validator
     def _validate_drain(self, request: DrainRequest) -> None:
-        self._validate("DRAIN")
+        self._validate("DRAIN", request, DrainRequest)
 
     @workflow.update(name="update", description="Update the Job to a new spec and get an answer.")
     def update_update(self, request: UpdateRequest) -> RequestAnswer:
@@ -755,7 +773,7 @@ class JobWorkflow:
 
     @update_update.validator
     def _validate_update(self, request: UpdateRequest) -> None:
-        self._validate("UPDATE")
+        self._validate("UPDATE", request, UpdateRequest)
         try:
             self._check_update_spec(request)
         except RequestRejected as err:

@@ -289,22 +289,14 @@ async def stop_with_savepoint(cluster: FlinkCluster, jid: str, timeout: float = 
     pytest.fail(f"Flink could not stop job {jid} with a savepoint within {timeout}s: {answer}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: Flink accepts (202) a stop of a job that already ended, the savepoint then fails with "
-    "FlinkJobNotFoundException, and activities/flink.py retries it as a passing failure until "
-    "savepointTimeoutSeconds; only then does it find the savepoint in the job's checkpoint history",
-)
 async def test_a_drain_whose_stop_reached_flink_but_whose_answer_was_lost_ends_at_once_with_its_savepoint(
     dev_server: TemporalDevServer, client: Client, flink_cluster: FlinkCluster, example_jar: Path, tmp_path: Path
 ) -> None:
     """A stop-with-savepoint that reached Flink, but whose answer the worker never got (the link broke, the
     call timed out, the worker was SIGKILLed before its heartbeat): Flink takes the savepoint and stops the
-    job, and the retried attempt finds the job FINISHED. The Job should end TERMINATED with that savepoint
-    as soon as the API answers again. Today it stays TERMINATING for savepointTimeoutSeconds (default 10
-    minutes) while a new stop is triggered on Flink every poll interval, then ends TERMINATED with the
-    savepoint and the message "stopped with a savepoint (the savepoint failed: ... FlinkJobNotFoundException".
+    job, and the retried attempt finds the job FINISHED. The Job ends TERMINATED with that savepoint as
+    soon as the API answers again, instead of triggering a new stop every poll interval (Flink accepts a
+    stop of an ended job, then fails its savepoint) until savepointTimeoutSeconds.
     """
     upstream = urlparse(flink_cluster.rest_url)
     proxy = await TcpProxy(upstream.hostname or "127.0.0.1", upstream.port or 80).start()

@@ -246,12 +246,6 @@ async def test_raw_json_job(server: Server, cases: Any, batch: list[Any]) -> Non
     await asyncio.gather(*(start_raw(server, doc) for doc, _ in batch))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobctl/codec.py: SecretsCodec.decode parses any JSON payload that mentions secretParameters and walks "
-    "it recursively (holds_secrets, _redact); nesting a few hundred levels deep raises RecursionError in the "
-    "worker's codec, so the workflow task fails over and over instead of the Job failing with a validation error",
-)
 async def test_deeply_nested_raw_job_fails_the_workflow_not_its_task(server: Server) -> None:
     job_id = str(uuid.uuid4())
     nested = "[" * 600 + "]" * 600
