@@ -647,6 +647,8 @@ def observation_of(job: df.Job, failure: str | None = None) -> Observation:
 
 # How far back a watcher looks for jobs that ended unseen (a watcher restarting after its worker died).
 RECENTLY_ENDED = timedelta(minutes=15)
+# Ended jobs read per tick (one request): more than end between two ticks on a busy target.
+ENDED_PAGE_SIZE = 200
 
 
 class DataflowSurvey:
@@ -669,6 +671,9 @@ class DataflowSurvey:
 
     async def tick(self, wanted: Wanted) -> list[Sighting]:
         active = await self._active()
+        # The newest ended jobs, read every tick (one request): they tell how most jobs that left the active
+        # list ended, and which jobs ended while no watcher saw them.
+        ended_page = await self._ended_page()
         lookups = 0
         for job in active:
             if job.id not in self._owners:
@@ -691,6 +696,10 @@ class DataflowSurvey:
                 self._keys.pop(jid, None)
                 self._owners.pop(jid, None)
                 continue
+            if jid in ended_page:
+                # How it ended is on the page; a failed Job reads the error messages with a look of its own.
+                self._seen[jid] = Sighting(self._seen[jid].job_id, observation_of(ended_page[jid]))
+                continue
             if lookups >= self._max_lookups:
                 continue
             lookups += 1
@@ -703,27 +712,31 @@ class DataflowSurvey:
         for jid, sighting in self._seen.items():
             if sighting.observation.phase in ENDED_PHASES:
                 self._ended[jid] = _now()
-        return sightings + await self._recently_ended(wanted, ids)
+        return sightings + await self._recently_ended(wanted, ids, ended_page)
 
-    async def _recently_ended(self, wanted: Wanted, active: set[str]) -> list[Sighting]:
-        """Jobs that ended while no watcher saw them: while the watcher was restarting (its worker died), or
-        between two surveys right after launch. The newest page of ended jobs tells (one request)."""
-        horizon = _now() - RECENTLY_ENDED
-        for jid in [j for j, when in self._ended.items() if when < horizon]:
-            del self._ended[jid]
+    async def _ended_page(self) -> dict[str, df.Job]:
+        """The newest page of ended jobs, by Dataflow job id."""
         request = {
             "project_id": self._where.project,
             "location": self._where.region,
             "filter": df.ListJobsRequest.Filter.TERMINATED,
-            "page_size": 50,
+            "page_size": ENDED_PAGE_SIZE,
         }
         try:
             await self._budget.acquire()
             response = await self._dataflow._clients().jobs.list_jobs(request=request, timeout=self._dataflow._timeout)
         except (*TRANSIENT, gexc.GoogleAPICallError) as err:
             raise EngineUnreachable(f"Dataflow API ({self._where}) did not list jobs: {_error_text(err)}") from err
+        return {job.id: job for job in response.jobs}
+
+    async def _recently_ended(self, wanted: Wanted, active: set[str], ended_page: dict[str, df.Job]) -> list[Sighting]:
+        """Jobs that ended while no watcher saw them: while the watcher was restarting (its worker died), or
+        between two surveys right after launch."""
+        horizon = _now() - RECENTLY_ENDED
+        for jid in [j for j, when in self._ended.items() if when < horizon]:
+            del self._ended[jid]
         found = []
-        for job in response.jobs:
+        for job in ended_page.values():
             ended = job.current_state_time
             if job.id in active or job.id in self._seen or job.id in self._ended or (ended and ended < horizon):
                 continue

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -28,6 +28,7 @@ from jobctl.engine import (
     CapacitySnapshot,
     Grant,
     HolderList,
+    LeaseAnswer,
     Observation,
     ObserveInput,
     StopInput,
@@ -195,20 +196,28 @@ class JobActivities:
             asked_at=datetime.now(UTC),
             takes_over=request.takes_over,
         )
-        await activity.client().start_workflow(
-            "DeploymentTargetWorkflow",
-            LedgerInput(
-                ledger=ledger,
-                reclaim_interval_seconds=self.settings.lease_reclaim_interval_seconds,
+        # Update-with-start: the ledger answers in its next admission round (granted, or where the Job
+        # waits), so a Job that fits needs no signal back. Asking again (a retried attempt, with the same
+        # update id) gets the same answer.
+        answer = await activity.client().execute_update_with_start_workflow(
+            "request_lease",
+            ask,
+            start_workflow_operation=WithStartWorkflowOperation(
+                "DeploymentTargetWorkflow",
+                LedgerInput(
+                    ledger=ledger,
+                    reclaim_interval_seconds=self.settings.lease_reclaim_interval_seconds,
+                    task_queue=activity.info().task_queue,
+                ),
+                id=ledger_id,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 task_queue=activity.info().task_queue,
+                static_summary=f"Deployment Target {target.name}: leases and queue",
             ),
-            id=ledger_id,
-            task_queue=activity.info().task_queue,
-            start_signal="ask",
-            start_signal_args=[ask],
-            static_summary=f"Deployment Target {target.name}: leases and queue",
+            id=f"ask-{request.job_id}",
+            result_type=LeaseAnswer,
         )
-        return AskReceipt(ledger_workflow_id=ledger_id, resources=needs)
+        return AskReceipt(ledger_workflow_id=ledger_id, resources=needs, answer=answer)
 
     @activity.defn(name=engine.TARGET_CAPACITY)
     async def capacity(self, target_name: str) -> CapacitySnapshot:

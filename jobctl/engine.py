@@ -149,6 +149,9 @@ class AskInput(Model):
 class AskReceipt(Model):
     ledger_workflow_id: str
     resources: dict[str, int]
+    # The ledger's answer to the ask, when it was asked by update (older receipts: none; the answer came
+    # by signal). A queued Job still gets its grant by signal later.
+    answer: LeaseAnswer | None = None
 
 
 class CapacitySnapshot(Model):
@@ -171,6 +174,14 @@ class LeaseNotice(Model):
 
     message: str
     refused: bool = False
+
+
+class LeaseAnswer(Model):
+    """The ledger's answer to an ask sent as an update: granted now, queued (where), or refused."""
+
+    grant: LeaseGrant | None = None
+    waiting: LeaseNotice | None = None
+    refused: LeaseNotice | None = None
 
 
 class JobRef(Model):

@@ -18,12 +18,15 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from jobctl import engine
-    from jobctl.engine import CapacitySnapshot, HolderList, JobRef, LeaseGrant, LeaseNotice
-    from jobctl.ledger import Ask, Ledger, describe
+    from jobctl.engine import CapacitySnapshot, HolderList, JobRef, LeaseAnswer, LeaseGrant, LeaseNotice
+    from jobctl.ledger import Ask, Lease, Ledger, describe
     from jobctl.models import Model
 
 # Grants and waiting notices go out together, in one workflow task; older runs replay one after the other.
 CONCURRENT_SIGNALS_PATCH = "ledger-signals-together"
+# Grants and notices are sent in the background: the ledger goes on admitting while they travel (each
+# delivery costs the ledger a workflow task of its own); older runs waited for each round's deliveries.
+BACKGROUND_SIGNALS_PATCH = "ledger-signals-in-background"
 # A capacity snapshot without the engine's own free figure is reused this long (patched: older runs ask each round).
 CAPACITY_CACHE_PATCH = "ledger-capacity-cached"
 CAPACITY_CACHE = timedelta(seconds=60)
@@ -53,13 +56,16 @@ class DeploymentTargetWorkflow:
         self._told: dict[str, str] = {}  # the last waiting message each Job was sent
         self._snapshot: CapacitySnapshot | None = None
         self._snapshot_until = workflow.now()
+        self._sending = 0  # signals to Jobs still on their way
+        # Asks sent as updates (request_lease), by Job id: None until an admission round answers them.
+        self._answers: dict[str, LeaseAnswer | None] = {}
 
     @workflow.run
     async def run(self, request: LedgerInput) -> None:
         reclaim_every = timedelta(seconds=self._input.reclaim_interval_seconds)
         next_reclaim = workflow.now() + reclaim_every
         while True:
-            if self._ledger.queue:
+            if self._ledger.queue or self._answers:
                 await self._admit()
             timeout = None
             if self._ledger.queue:
@@ -75,7 +81,7 @@ class DeploymentTargetWorkflow:
                 await self._reclaim()
                 next_reclaim = workflow.now() + reclaim_every
             if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._sending)
                 workflow.continue_as_new(
                     LedgerInput(
                         ledger=self._ledger,
@@ -110,18 +116,25 @@ class DeploymentTargetWorkflow:
             why = self._ledger.never_fits(ask.resources)
             if why:
                 self._ledger.release(ask.job_id)
-                await self._tell(ask.holder, "lease_refused", LeaseNotice(message=why, refused=True))
+                refusal = LeaseNotice(message=why, refused=True)
+                if ask.job_id in self._answers:
+                    self._answers[ask.job_id] = LeaseAnswer(refused=refusal)
+                else:
+                    await self._tell(ask.holder, "lease_refused", refusal)
         grants = []
         for ask in self._ledger.grantable(snapshot.engine_free):
             lease = self._ledger.grant(ask, workflow.now())
             self._told.pop(ask.job_id, None)
-            grant = LeaseGrant(
-                target=self._ledger.target,
-                resources=lease.resources,
-                granted_at=lease.granted_at,
-                message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
-            )
-            grants.append((ask, grant))
+            grants.append((ask, self._grant_of(lease)))
+        if workflow.patched(BACKGROUND_SIGNALS_PATCH):
+            for ask, grant in grants:
+                if ask.job_id in self._answers:
+                    self._answers[ask.job_id] = LeaseAnswer(grant=grant)  # answered by update, not by signal
+                else:
+                    self._send(ask.holder, "lease_granted", grant, gone=ask.job_id)
+            self._answer_the_rest(snapshot)
+            self._tell_waiting_in_background(snapshot)
+            return
         if workflow.patched(CONCURRENT_SIGNALS_PATCH):
             # All grants in one workflow task: one signal each waiting for the last would cost a task per Job.
             told = await asyncio.gather(*(self._tell(ask.holder, "lease_granted", grant) for ask, grant in grants))
@@ -132,19 +145,71 @@ class DeploymentTargetWorkflow:
                 self._ledger.release(ask.job_id)  # the holder is gone: nothing to hold for it
         await self._tell_waiting(snapshot)
 
-    async def _tell_waiting(self, snapshot: CapacitySnapshot) -> None:
-        free = self._ledger.free()
+    def _grant_of(self, lease: Lease) -> LeaseGrant:
+        return LeaseGrant(
+            target=self._ledger.target,
+            resources=lease.resources,
+            granted_at=lease.granted_at,
+            message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
+        )
+
+    def _waiting_message(self, ask: Ask, position: int, snapshot: CapacitySnapshot) -> str:
+        return (
+            f"waiting for {describe(ask.resources)} on Deployment Target {self._ledger.target}, "
+            f"{position} job{'s' if position != 1 else ''} ahead ({describe(self._ledger.free())} free"
+            + (f"; {snapshot.engine_note}" if snapshot.engine_note else "")
+            + ")"
+        )
+
+    def _answer_the_rest(self, snapshot: CapacitySnapshot) -> None:
+        """Answer every ask sent by update that this round did not grant: queued (where), or already
+        holding its lease (a Job asking again after its answer was lost)."""
+        for job_id in [j for j, answer in self._answers.items() if answer is None]:
+            lease = self._ledger.leases.get(job_id)
+            position = self._ledger.position(job_id)
+            if lease is not None:
+                self._answers[job_id] = LeaseAnswer(grant=self._grant_of(lease))
+            elif position is not None:
+                ask = self._ledger.queue[position]
+                message = self._waiting_message(ask, position, snapshot)
+                self._told[job_id] = message
+                self._answers[job_id] = LeaseAnswer(waiting=LeaseNotice(message=message))
+            else:  # released meanwhile (its Job ended): there is nothing to grant
+                self._answers[job_id] = LeaseAnswer(
+                    refused=LeaseNotice(message=f"Job {job_id} no longer asks Deployment Target {self._ledger.target}")
+                )
+
+    def _waiting_notices(self, snapshot: CapacitySnapshot) -> list[tuple[Ask, LeaseNotice]]:
+        """What each of the first 20 queued Jobs should be told of its place, where that changed."""
         notices = []
         for position, ask in enumerate(self._ledger.queue[:20]):
-            message = (
-                f"waiting for {describe(ask.resources)} on Deployment Target {self._ledger.target}, "
-                f"{position} job{'s' if position != 1 else ''} ahead ({describe(free)} free"
-                + (f"; {snapshot.engine_note}" if snapshot.engine_note else "")
-                + ")"
-            )
+            message = self._waiting_message(ask, position, snapshot)
             if self._told.get(ask.job_id) != message:
                 self._told[ask.job_id] = message
-                notices.append(self._tell(ask.holder, "lease_waiting", LeaseNotice(message=message)))
+                notices.append((ask, LeaseNotice(message=message)))
+        return notices
+
+    def _tell_waiting_in_background(self, snapshot: CapacitySnapshot) -> None:
+        for ask, notice in self._waiting_notices(snapshot):
+            self._send(ask.holder, "lease_waiting", notice)
+
+    def _send(self, holder: str, signal: str, payload: Model, gone: str | None = None) -> None:
+        """Signal a Job without waiting for the delivery; if the Job is gone and `gone` names what it was
+        granted, release that (nothing to hold for a closed Job)."""
+
+        async def deliver() -> None:
+            try:
+                if not await self._tell(holder, signal, payload) and gone is not None:
+                    self._ledger.release(gone)
+                    self._changed = True
+            finally:
+                self._sending -= 1
+
+        self._sending += 1
+        asyncio.create_task(deliver())
+
+    async def _tell_waiting(self, snapshot: CapacitySnapshot) -> None:
+        notices = [self._tell(ask.holder, "lease_waiting", notice) for ask, notice in self._waiting_notices(snapshot)]
         if workflow.patched(CONCURRENT_SIGNALS_PATCH):
             await asyncio.gather(*notices)
         else:
@@ -181,6 +246,16 @@ class DeploymentTargetWorkflow:
     def ask(self, ask: Ask) -> None:
         self._ledger.ask(ask)
         self._changed = True
+
+    @workflow.update(
+        name="request_lease", description="A Job asks for what it needs; answered by the next admission round."
+    )
+    async def request_lease(self, ask: Ask) -> LeaseAnswer:
+        self._ledger.ask(ask)
+        self._answers[ask.job_id] = None
+        self._changed = True
+        await workflow.wait_condition(lambda: self._answers.get(ask.job_id) is not None)
+        return self._answers.pop(ask.job_id) or LeaseAnswer()
 
     @workflow.signal(name="release")
     def release(self, ref: JobRef) -> None:

@@ -270,6 +270,15 @@ class JobWorkflow:
         if receipt is None:
             return False
         self._ledger_id = receipt.ledger_workflow_id
+        answer = receipt.answer  # None from older ask activities: the answer comes by signal
+        if answer is not None:
+            if answer.grant is not None:
+                self._grant = self._grant or answer.grant
+            elif answer.refused is not None:
+                self._refusal = self._refusal or answer.refused.message
+            elif answer.waiting is not None and self._grant is None:
+                self._status.starting_message = answer.waiting.message
+                self._publish()
         await workflow.wait_condition(
             lambda: self._grant is not None or self._refusal is not None or self._request is not None
         )
