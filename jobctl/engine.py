@@ -167,6 +167,9 @@ class LeaseGrant(Model):
     resources: dict[str, int]
     granted_at: datetime
     message: str
+    # Whether the Job must confirm once its engine job runs: only where the ledger also checks the engine's
+    # own free capacity (Flink), or the lease was taken over from a predecessor.
+    confirm: bool = True
 
 
 class LeaseNotice(Model):

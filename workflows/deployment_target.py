@@ -128,6 +128,7 @@ class DeploymentTargetWorkflow:
             grants.append((ask, self._grant_of(lease)))
         if workflow.patched(BACKGROUND_SIGNALS_PATCH):
             for ask, grant in grants:
+                grant.confirm = self._needs_confirm(self._ledger.leases[ask.job_id], snapshot)
                 if ask.job_id in self._answers:
                     self._answers[ask.job_id] = LeaseAnswer(grant=grant)  # answered by update, not by signal
                 else:
@@ -153,6 +154,12 @@ class DeploymentTargetWorkflow:
             message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
         )
 
+    @staticmethod
+    def _needs_confirm(lease: Lease, snapshot: CapacitySnapshot) -> bool:
+        # Confirming tells the ledger that the engine's own free figure now counts this lease, and makes a
+        # lease taken over from a predecessor the Job's own: without either, the signal would change nothing.
+        return snapshot.engine_free is not None or lease.taken_from is not None
+
     def _waiting_message(self, ask: Ask, position: int, snapshot: CapacitySnapshot) -> str:
         return (
             f"waiting for {describe(ask.resources)} on Deployment Target {self._ledger.target}, "
@@ -168,7 +175,9 @@ class DeploymentTargetWorkflow:
             lease = self._ledger.leases.get(job_id)
             position = self._ledger.position(job_id)
             if lease is not None:
-                self._answers[job_id] = LeaseAnswer(grant=self._grant_of(lease))
+                grant = self._grant_of(lease)
+                grant.confirm = not lease.confirmed and self._needs_confirm(lease, snapshot)
+                self._answers[job_id] = LeaseAnswer(grant=grant)
             elif position is not None:
                 ask = self._ledger.queue[position]
                 message = self._waiting_message(ask, position, snapshot)

@@ -288,6 +288,8 @@ class JobWorkflow:
                 self._set_state(JobState.FAILED, self._refusal)
                 self._publish()
             return False  # cancelled while waiting: the release at the end withdraws the ask
+        if not self._grant.confirm:
+            self._lease_confirmed = True  # the ledger has nothing to learn from a confirm
         self._status.lease = LeaseStatus(
             target=self._grant.target,
             resources=self._grant.resources,
