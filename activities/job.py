@@ -12,14 +12,13 @@ from typing import Any
 
 import httpx
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.dataflow import DataflowEngine, DataflowSurvey, where_of
 from activities.flink import FlinkEngine, FlinkSurvey
-from activities.watch import Watcher, limiter
+from activities.watch import Watcher, limiter, workflow_running
 from jobctl import engine
 from jobctl.engine import (
     AcquireInput,
@@ -41,7 +40,7 @@ from jobctl.ledger import Ask, Ledger
 from jobctl.models import Engine, JobSpec
 from jobctl.settings import Settings
 from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget, UnknownTarget
-from workflows.deployment_target import LedgerInput, ledger_workflow_id
+from workflows.deployment_target import LedgerInput, ledger_task_queue, ledger_workflow_id
 from workflows.target_watch import watch_workflow_id
 
 
@@ -164,7 +163,7 @@ class JobActivities:
             survey: Any = FlinkSurvey(self.flink, target, budget)
         else:
             survey = DataflowSurvey(self.dataflow, target, budget)
-        watcher = Watcher(activity.client(), survey, target.name, self.settings.watch_interval_seconds)
+        watcher = Watcher(activity.client(), survey, self.settings.watch_interval_seconds)
         await watcher.run()
 
     @activity.defn(name=engine.STOP)
@@ -211,7 +210,7 @@ class JobActivities:
                 ),
                 id=ledger_id,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                task_queue=activity.info().task_queue,
+                task_queue=ledger_task_queue(activity.info().task_queue),
                 static_summary=f"Deployment Target {target.name}: leases and queue",
             ),
             id=f"ask-{request.job_id}",
@@ -238,13 +237,7 @@ class JobActivities:
 
         async def closed(workflow_id: str) -> bool:
             async with limit:
-                try:
-                    description = await client.get_workflow_handle(workflow_id).describe()
-                except RPCError as err:
-                    if err.status == RPCStatusCode.NOT_FOUND:
-                        return True
-                    raise
-                return description.status != WorkflowExecutionStatus.RUNNING
+                return not await workflow_running(client, workflow_id)
 
         verdicts = await asyncio.gather(*(closed(h) for h in request.holders))
         return HolderList(holders=[h for h, gone in zip(request.holders, verdicts, strict=True) if gone])
@@ -260,3 +253,7 @@ class JobActivities:
             self.closed_holders,
             self.watch,
         ]
+
+    def ledger_activities(self) -> list[Any]:
+        """What a Deployment Target's ledger runs (on the ledgers' task queue)."""
+        return [self.capacity, self.closed_holders]

@@ -68,16 +68,14 @@ def limiter(requests_per_second: float) -> AsyncLimiter:
 class Watcher:
     """Pushes changes the survey finds to the Jobs' workflows."""
 
-    def __init__(self, client: Client, survey: Survey, target: str, interval_seconds: float) -> None:
+    def __init__(self, client: Client, survey: Survey, interval_seconds: float) -> None:
         self._client = client
         self._survey = survey
-        self._target = target
         self._interval = interval_seconds
         self._pushed: dict[str, Observation] = {}  # job id -> the last observation its workflow took
         self._open: dict[str, bool] = {}  # job id -> is its workflow running (asked once per job)
         self._failures = 0
         self._limit = asyncio.Semaphore(PUSH_CONCURRENCY)
-        self.pushes = 0
 
     async def run(self) -> None:
         while True:
@@ -127,19 +125,23 @@ class Watcher:
                 activity.logger.warning("could not tell Job %s about its engine job: %s", sighting.job_id, err)
                 return
             self._pushed[sighting.job_id] = sighting.observation
-            self.pushes += 1
 
     async def _wanted(self, job_id: str) -> bool:
         if job_id not in self._open:
             async with self._limit:
-                try:
-                    description = await self._client.get_workflow_handle(workflow_id_for(job_id)).describe()
-                    self._open[job_id] = description.status == WorkflowExecutionStatus.RUNNING
-                except RPCError as err:
-                    if err.status != RPCStatusCode.NOT_FOUND:
-                        raise
-                    self._open[job_id] = False
+                self._open[job_id] = await workflow_running(self._client, workflow_id_for(job_id))
         return self._open[job_id]
+
+
+async def workflow_running(client: Client, workflow_id: str) -> bool:
+    """Whether a workflow is running: False if it closed in any way, or never existed."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING
 
 
 def unknown(last: Observation, reason: str) -> Observation:

@@ -4,6 +4,7 @@ activities on the task queue. Stateless: run as many as you like, on as many mac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from jobctl.codec import data_converter
 from jobctl.secret_scrubber import SecretScrubber
 from jobctl.settings import Settings
 from jobctl.targets import DeploymentTargets
-from workflows.deployment_target import DeploymentTargetWorkflow
+from workflows.deployment_target import DeploymentTargetWorkflow, ledger_task_queue
 from workflows.job import JobWorkflow
 from workflows.target_watch import DeploymentTargetWatchWorkflow
 
@@ -35,17 +36,43 @@ async def connect(settings: Settings | None = None) -> Client:
     return await Client.connect(**config, data_converter=data_converter(settings.codec_keys()))
 
 
-def build_worker(client: Client, activities: JobActivities, task_queue: str) -> Worker:
-    return Worker(
+class Workers:
+    """The Temporal workers of one jobctl worker process: the Jobs' task queue (every workflow and activity),
+    and the Deployment Target ledgers' own queue. Used as `async with`."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self._workers = workers
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Workers:
+        for worker in self._workers:
+            await self._stack.enter_async_context(worker)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.__aexit__(*exc)
+
+
+def build_worker(client: Client, activities: JobActivities, task_queue: str) -> Workers:
+    # Activity errors and results never carry a secret parameter or a target's credentials into history.
+    scrubber = SecretScrubber(activities.targets)
+    jobs = Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=activities.all(),
-        # Activity errors and results never carry a secret parameter or a target's credentials into history.
-        interceptors=[SecretScrubber(activities.targets)],
+        interceptors=[scrubber],
         # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
         max_concurrent_activities=2_000,
     )
+    ledgers = Worker(
+        client,
+        task_queue=ledger_task_queue(task_queue),
+        workflows=[DeploymentTargetWorkflow],
+        activities=activities.ledger_activities(),
+        interceptors=[scrubber],
+    )
+    return Workers([jobs, ledgers])
 
 
 async def run(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:

@@ -26,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
 CONCURRENT_SIGNALS_PATCH = "ledger-signals-together"
 # Grants and notices are sent in the background: the ledger goes on admitting while they travel (each
 # delivery costs the ledger a workflow task of its own); older runs waited for each round's deliveries.
+# Also: the ledger's timers are never cancelled (a change wakes it without touching them), which costs
+# nothing and keeps the time-skipping test server from stranding the ledger (temporalio/sdk-java#3088).
 BACKGROUND_SIGNALS_PATCH = "ledger-signals-in-background"
 # A capacity snapshot without the engine's own free figure is reused this long (patched: older runs ask each round).
 CAPACITY_CACHE_PATCH = "ledger-capacity-cached"
@@ -46,6 +48,12 @@ def ledger_workflow_id(target: str) -> str:
     return f"deployment-target-{target}"
 
 
+def ledger_task_queue(task_queue: str) -> str:
+    """Where ledgers run: a task queue of their own, so a ledger's workflow tasks never wait behind those of
+    the many Jobs it admits (every worker polls both; ledgers started earlier keep the Jobs' queue)."""
+    return f"{task_queue}-ledgers"
+
+
 @workflow.defn(name="DeploymentTargetWorkflow")
 class DeploymentTargetWorkflow:
     @workflow.init
@@ -59,9 +67,13 @@ class DeploymentTargetWorkflow:
         self._sending = 0  # signals to Jobs still on their way
         # Asks sent as updates (request_lease), by Job id: None until an admission round answers them.
         self._answers: dict[str, LeaseAnswer | None] = {}
+        self._background = False
+        self._timer: asyncio.Task[None] | None = None  # the pending wake-up, and when it is due
+        self._timer_due = workflow.now()
 
     @workflow.run
     async def run(self, request: LedgerInput) -> None:
+        self._background = workflow.patched(BACKGROUND_SIGNALS_PATCH)
         reclaim_every = timedelta(seconds=self._input.reclaim_interval_seconds)
         next_reclaim = workflow.now() + reclaim_every
         while True:
@@ -73,10 +85,13 @@ class DeploymentTargetWorkflow:
             elif self._ledger.leases:
                 timeout = max(next_reclaim - workflow.now(), timedelta(seconds=1))
             self._changed = False
-            try:
-                await workflow.wait_condition(lambda: self._changed, timeout=timeout)
-            except TimeoutError:
-                pass
+            if self._background:
+                await self._wait(timeout)
+            else:
+                try:
+                    await workflow.wait_condition(lambda: self._changed, timeout=timeout)
+                except TimeoutError:
+                    pass
             if self._ledger.holders() and workflow.now() >= next_reclaim:
                 await self._reclaim()
                 next_reclaim = workflow.now() + reclaim_every
@@ -89,6 +104,17 @@ class DeploymentTargetWorkflow:
                         task_queue=self._input.task_queue,
                     )
                 )
+
+    async def _wait(self, timeout: timedelta | None) -> None:
+        """Until something changes, or `timeout` passes. The timer is kept, never cancelled: a later wait
+        reuses it when it is due soon enough, else starts an earlier one and leaves the old one to fire."""
+        if timeout is not None and (self._timer is None or self._timer_due > workflow.now() + timeout):
+            self._timer = asyncio.create_task(workflow.sleep(timeout))
+            self._timer_due = workflow.now() + timeout
+        timer = self._timer
+        await workflow.wait_condition(lambda: self._changed or (timer is not None and timer.done()))
+        if timer is not None and timer.done():
+            self._timer = None
 
     async def _capacity(self) -> CapacitySnapshot:
         """The target's capacity. An engine that reports no free figure of its own (Dataflow: only the declared
@@ -126,7 +152,7 @@ class DeploymentTargetWorkflow:
             lease = self._ledger.grant(ask, workflow.now())
             self._told.pop(ask.job_id, None)
             grants.append((ask, self._grant_of(lease)))
-        if workflow.patched(BACKGROUND_SIGNALS_PATCH):
+        if self._background:
             for ask, grant in grants:
                 grant.confirm = self._needs_confirm(self._ledger.leases[ask.job_id], snapshot)
                 if ask.job_id in self._answers:
