@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # How often a Deployment Target's ledger looks for leases held by Jobs that closed without releasing
     # them (an operator's `temporal workflow terminate`): the bound on how long a leaked lease lives.
     lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)
+    # Job workflows a worker keeps in memory between their workflow tasks; one not kept is replayed from
+    # its history on its next task (a change in its engine job, a request). Memory grows with it.
+    workflow_cache_size: int = Field(default=1000, ge=0)
     # Timeout of one engine API call.
     engine_timeout_seconds: float = Field(default=30.0, gt=0)
     # Fernet keys (comma-separated, the first encrypts) for secret parameters: see jobctl/codec.py.

@@ -53,7 +53,7 @@ class Workers:
         await self._stack.__aexit__(*exc)
 
 
-def build_worker(client: Client, activities: JobActivities, task_queue: str) -> Workers:
+def build_worker(client: Client, activities: JobActivities, task_queue: str, cache_size: int = 1000) -> Workers:
     # Activity errors and results never carry a secret parameter or a target's credentials into history.
     scrubber = SecretScrubber(activities.targets)
     jobs = Worker(
@@ -64,6 +64,7 @@ def build_worker(client: Client, activities: JobActivities, task_queue: str) -> 
         interceptors=[scrubber],
         # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
         max_concurrent_activities=2_000,
+        max_cached_workflows=cache_size,
     )
     ledgers = Worker(
         client,
@@ -87,7 +88,7 @@ async def run(settings: Settings | None = None, stop: asyncio.Event | None = Non
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    worker = build_worker(client, activities, settings.task_queue)
+    worker = build_worker(client, activities, settings.task_queue, settings.workflow_cache_size)
     log.info(
         "jobctl worker on task queue %s, namespace %s, targets %s",
         settings.task_queue,
