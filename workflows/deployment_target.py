@@ -162,6 +162,13 @@ class DeploymentTargetWorkflow:
             self._answer_the_rest(snapshot)
             self._tell_waiting_in_background(snapshot)
             return
+        # A ledger run started on older code also gets asks by update, from upgraded workers: answer them too
+        # (its recorded rounds had none, so this changes nothing they did).
+        for ask, grant in grants:
+            if ask.job_id in self._answers:
+                self._answers[ask.job_id] = LeaseAnswer(grant=grant)
+        grants = [(ask, grant) for ask, grant in grants if ask.job_id not in self._answers]
+        self._answer_the_rest(snapshot)
         if workflow.patched(CONCURRENT_SIGNALS_PATCH):
             # All grants in one workflow task: one signal each waiting for the last would cost a task per Job.
             told = await asyncio.gather(*(self._tell(ask.holder, "lease_granted", grant) for ask, grant in grants))
