@@ -277,7 +277,7 @@ class FlinkEngine:
     async def _wait_terminal(self, target: FlinkSessionTarget, jid: str) -> str:
         while True:
             details = await self._job(target, jid)
-            status = str(details.get("state")) if details else "NOT_FOUND"
+            status = _state_of(details)
             if status in GLOBALLY_TERMINAL or details is None:
                 return status
             activity.heartbeat({"waiting": status})
@@ -302,7 +302,7 @@ class FlinkEngine:
                     return ended
                 if time.time() >= deadline:
                     return await self._savepoint_failed(request, target, jid, why)
-                trigger = await self._trigger_stop(target, jid, drain)
+                trigger = await self._trigger_stop(request, target, jid, state["since"])
                 if isinstance(trigger, StopResult):
                     return trigger
                 state["trigger"] = trigger
@@ -349,7 +349,7 @@ class FlinkEngine:
         """The answer if the job has already ended: with the savepoint Flink took since the stop was
         first asked for (by an attempt whose answer was lost), else as it ended. None while it runs."""
         details = await self._job(target, jid)
-        status = str(details.get("state")) if details else "NOT_FOUND"
+        status = _state_of(details)
         if details is not None and status not in GLOBALLY_TERMINAL:
             return None
         location = await self._latest_savepoint(target, jid, taken_since=since)
@@ -368,29 +368,26 @@ class FlinkEngine:
             started_fields={"observedFlinkJobStatus": status},
         )
 
-    async def _trigger_stop(self, target: FlinkSessionTarget, jid: str, drain: bool) -> str | StopResult:
-        """POST /jobs/{jid}/stop: the trigger id, or the final answer if the job had already ended."""
-        body: dict[str, Any] = {"drain": drain}
+    async def _trigger_stop(
+        self, request: StopInput, target: FlinkSessionTarget, jid: str, since: float
+    ) -> str | StopResult:
+        """POST /jobs/{jid}/stop: the trigger id, or the final answer if the job had ended meanwhile."""
+        body: dict[str, Any] = {"drain": request.mode is StopMode.DRAIN}
         if target.savepoint_dir:
             body["targetDirectory"] = target.savepoint_dir
         response = await self._call(target, "POST", f"/jobs/{jid}/stop", json=body)
         if response.status_code in (200, 202):
             return str(response.json()["request-id"])
-        details = await self._job(target, jid)
-        status = str(details.get("state")) if details else "NOT_FOUND"
-        if status in GLOBALLY_TERMINAL or details is None:
-            return _stop_result(
-                engine_status=status,
-                message=f"Flink job {jid} had already ended {status}; no savepoint was needed",
-                started_fields={"observedFlinkJobStatus": status},
-            )
+        ended = await self._ended(request, target, jid, since)
+        if ended is not None:
+            return ended
         raise FlinkUnreachable(f"stop of Flink job {jid} answered {response.status_code}: {_errors(response)}")
 
     async def _savepoint_failed(self, request: StopInput, target: FlinkSessionTarget, jid: str, why: str) -> StopResult:
         # A completed savepoint is never reported as failed: look at the job's own checkpoint history first.
         location = await self._latest_savepoint(target, jid)
         details = await self._job(target, jid)
-        status = str(details.get("state")) if details else "NOT_FOUND"
+        status = _state_of(details)
         if location and (status in GLOBALLY_TERMINAL or details is None):
             return _stop_result(
                 engine_status=status,
@@ -508,6 +505,11 @@ def job_id_of(flink_job_id: str) -> str | None:
         return str(uuid.UUID(hex=flink_job_id))
     except ValueError:
         return None
+
+
+def _state_of(details: dict[str, Any] | None) -> str:
+    """A job's state from its details; NOT_FOUND when Flink does not know it."""
+    return str(details.get("state")) if details else "NOT_FOUND"
 
 
 def _stop_result(engine_status: str, message: str, **fields: Any) -> StopResult:

@@ -109,15 +109,7 @@ class TemporalDevServer:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=15)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await stop_process(process)
 
     async def __aenter__(self) -> TemporalDevServer:
         await self.start()
@@ -125,3 +117,16 @@ class TemporalDevServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def stop_process(process: asyncio.subprocess.Process | None, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; nothing if it already ended."""
+    if process is None or process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
@@ -36,24 +36,12 @@ async def connect(settings: Settings | None = None) -> Client:
     return await Client.connect(**config, data_converter=data_converter(settings.codec_keys()))
 
 
-class Workers:
-    """The Temporal workers of one jobctl worker process: the Jobs' task queue (every workflow and activity),
-    and the Deployment Target ledgers' own queue. Used as `async with`."""
-
-    def __init__(self, workers: Sequence[Worker]) -> None:
-        self._workers = workers
-        self._stack = contextlib.AsyncExitStack()
-
-    async def __aenter__(self) -> Workers:
-        for worker in self._workers:
-            await self._stack.enter_async_context(worker)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.__aexit__(*exc)
-
-
-def build_worker(client: Client, activities: JobActivities, task_queue: str, cache_size: int = 1000) -> Workers:
+@contextlib.asynccontextmanager
+async def build_worker(
+    client: Client, activities: JobActivities, task_queue: str, cache_size: int = 1000
+) -> AsyncIterator[None]:
+    """The Temporal workers of one jobctl worker process, running while in `async with`: the Jobs' task queue
+    (every workflow and activity), and the Deployment Target ledgers' own queue."""
     # Activity errors and results never carry a secret parameter or a target's credentials into history.
     scrubber = SecretScrubber(activities.targets)
     jobs = Worker(
@@ -73,7 +61,8 @@ def build_worker(client: Client, activities: JobActivities, task_queue: str, cac
         activities=activities.ledger_activities(),
         interceptors=[scrubber],
     )
-    return Workers([jobs, ledgers])
+    async with jobs, ledgers:
+        yield
 
 
 async def run(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:

@@ -147,28 +147,22 @@ class DeploymentTargetWorkflow:
                     self._answers[ask.job_id] = LeaseAnswer(refused=refusal)
                 else:
                     await self._tell(ask.holder, "lease_refused", refusal)
-        grants = []
+        grants = []  # those told by signal
         for ask in self._ledger.grantable(snapshot.engine_free):
             lease = self._ledger.grant(ask, workflow.now())
             self._told.pop(ask.job_id, None)
-            grants.append((ask, self._grant_of(lease)))
+            if ask.job_id in self._answers:
+                # Asked by update (also of a ledger run started on older code, from upgraded workers): the
+                # answer carries the grant, no signal.
+                self._answers[ask.job_id] = LeaseAnswer(grant=self._grant_of(lease, snapshot))
+            else:
+                grants.append((ask, self._grant_of(lease, snapshot if self._background else None)))
+        self._answer_the_rest(snapshot)
         if self._background:
             for ask, grant in grants:
-                grant.confirm = self._needs_confirm(self._ledger.leases[ask.job_id], snapshot)
-                if ask.job_id in self._answers:
-                    self._answers[ask.job_id] = LeaseAnswer(grant=grant)  # answered by update, not by signal
-                else:
-                    self._send(ask.holder, "lease_granted", grant, gone=ask.job_id)
-            self._answer_the_rest(snapshot)
+                self._send(ask.holder, "lease_granted", grant, gone=ask.job_id)
             self._tell_waiting_in_background(snapshot)
             return
-        # A ledger run started on older code also gets asks by update, from upgraded workers: answer them too
-        # (its recorded rounds had none, so this changes nothing they did).
-        for ask, grant in grants:
-            if ask.job_id in self._answers:
-                self._answers[ask.job_id] = LeaseAnswer(grant=grant)
-        grants = [(ask, grant) for ask, grant in grants if ask.job_id not in self._answers]
-        self._answer_the_rest(snapshot)
         if workflow.patched(CONCURRENT_SIGNALS_PATCH):
             # All grants in one workflow task: one signal each waiting for the last would cost a task per Job.
             told = await asyncio.gather(*(self._tell(ask.holder, "lease_granted", grant) for ask, grant in grants))
@@ -179,19 +173,20 @@ class DeploymentTargetWorkflow:
                 self._ledger.release(ask.job_id)  # the holder is gone: nothing to hold for it
         await self._tell_waiting(snapshot)
 
-    def _grant_of(self, lease: Lease) -> LeaseGrant:
-        return LeaseGrant(
+    def _grant_of(self, lease: Lease, snapshot: CapacitySnapshot | None) -> LeaseGrant:
+        """The grant a Job is told. With the round's snapshot it says whether the Job must confirm; without
+        (grants by signal of runs started on older code) it keeps the old default, confirm."""
+        grant = LeaseGrant(
             target=self._ledger.target,
             resources=lease.resources,
             granted_at=lease.granted_at,
             message=f"{describe(lease.resources)} granted on Deployment Target {self._ledger.target}",
         )
-
-    @staticmethod
-    def _needs_confirm(lease: Lease, snapshot: CapacitySnapshot) -> bool:
-        # Confirming tells the ledger that the engine's own free figure now counts this lease, and makes a
-        # lease taken over from a predecessor the Job's own: without either, the signal would change nothing.
-        return snapshot.engine_free is not None or lease.taken_from is not None
+        if snapshot is not None:
+            # Confirming tells the ledger that the engine's own free figure now counts this lease, and makes a
+            # lease taken over from a predecessor the Job's own: without either, it would change nothing.
+            grant.confirm = not lease.confirmed and (snapshot.engine_free is not None or lease.taken_from is not None)
+        return grant
 
     def _waiting_message(self, ask: Ask, position: int, snapshot: CapacitySnapshot) -> str:
         return (
@@ -208,9 +203,7 @@ class DeploymentTargetWorkflow:
             lease = self._ledger.leases.get(job_id)
             position = self._ledger.position(job_id)
             if lease is not None:
-                grant = self._grant_of(lease)
-                grant.confirm = not lease.confirmed and self._needs_confirm(lease, snapshot)
-                self._answers[job_id] = LeaseAnswer(grant=grant)
+                self._answers[job_id] = LeaseAnswer(grant=self._grant_of(lease, snapshot))
             elif position is not None:
                 ask = self._ledger.queue[position]
                 message = self._waiting_message(ask, position, snapshot)

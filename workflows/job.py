@@ -369,13 +369,7 @@ class JobWorkflow:
             return
         task = workflow.start_activity(
             engine.OBSERVE,
-            ObserveInput(
-                metadata=self._job.metadata,
-                spec=self._job.spec,
-                engine_job_id=self._status.engine_job_id,
-                last=self._last_observation,
-                max_wait_seconds=OBSERVE_MAX_WAIT.total_seconds(),
-            ),
+            self._observe_input(OBSERVE_MAX_WAIT.total_seconds()),
             result_type=Observation,
             start_to_close_timeout=OBSERVE_MAX_WAIT + timedelta(minutes=5),
             heartbeat_timeout=timedelta(seconds=30),
@@ -398,6 +392,15 @@ class JobWorkflow:
             self._apply(task.result())
         except ActivityError as err:
             self._fail_from_activity(err)
+
+    def _observe_input(self, max_wait_seconds: float) -> ObserveInput:
+        return ObserveInput(
+            metadata=self._job.metadata,
+            spec=self._job.spec,
+            engine_job_id=self._status.engine_job_id,
+            last=self._last_observation,
+            max_wait_seconds=max_wait_seconds,
+        )
 
     async def _await_news(self) -> None:
         """Wait for the watcher's next push (or a request); check the engine job itself now and then."""
@@ -424,13 +427,7 @@ class JobWorkflow:
         try:
             checked = await workflow.execute_activity(
                 engine.OBSERVE,
-                ObserveInput(
-                    metadata=self._job.metadata,
-                    spec=self._job.spec,
-                    engine_job_id=self._status.engine_job_id,
-                    last=self._last_observation,
-                    max_wait_seconds=0,
-                ),
+                self._observe_input(max_wait_seconds=0),
                 result_type=Observation,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=_RETRY_FOREVER,
