@@ -49,6 +49,7 @@ from jobctl.flink_cluster import FlinkCluster, build_example_jar, free_port  # n
 from jobctl.models import Job, JobStatus, RequestAnswer  # noqa: E402
 from jobctl.states import JobState  # noqa: E402
 from jobctl.temporal_server import TemporalDevServer  # noqa: E402
+from tests.jobs import STREAMING, dataflow_job, flink_job  # noqa: E402
 
 TASK_QUEUE = "jobctl"
 REGION = "us-central1"
@@ -157,39 +158,6 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def dataflow_job(target: str, tag: str) -> Job:
-    job_id = str(uuid.uuid4())
-    return Job.model_validate(
-        {
-            "metadata": {"id": job_id, "name": tag, "deploymentName": f"{tag}-{job_id[:8]}"},
-            "spec": {
-                "engine": "DATAFLOW",
-                "deploymentTargetName": target,
-                "artifact": {
-                    "kind": "FLEX_TEMPLATE",
-                    "jobName": f"{tag}-{job_id[:8]}",
-                    "containerSpecGcsPath": "gs://bench/templates/app.json",
-                    "parameters": {"jobctl-emulator-type": "streaming"},
-                },
-            },
-        }
-    )
-
-
-def flink_job(jar: Path, tag: str) -> Job:
-    return Job.model_validate(
-        {
-            "metadata": {"id": str(uuid.uuid4()), "name": tag, "deploymentName": tag},
-            "spec": {
-                "engine": "FLINK",
-                "deploymentTargetName": "bench-flink",
-                "parallelism": 1,
-                "artifact": {"kind": "JAR", "jarUri": jar.as_uri(), "entryClass": "example.Job", "mainArgs": []},
-            },
-        }
-    )
 
 
 async def state_of(handle: WorkflowHandle) -> JobState:
@@ -345,7 +313,7 @@ class Bench:
                 await asyncio.sleep(0.25)
 
         async def lifecycle() -> JobState:
-            job = dataflow_job("bench-lifecycle", "life")
+            job = dataflow_job("bench-lifecycle", STREAMING, name="life")
             seen = started.setdefault(job.workflow_id, asyncio.Event())
             handle = await start_job(self.client, job, TASK_QUEUE)
             ended = asyncio.create_task(handle.result())
@@ -378,8 +346,10 @@ class Bench:
         self.dataflow_handles: list[tuple[Job, WorkflowHandle]] = []
         self.flink_handles: list[tuple[Job, WorkflowHandle]] = []
         began = time.monotonic()
-        jobs = [dataflow_job(f"bench-df-{i % s.dataflow_targets}", f"df{i}") for i in range(s.dataflow_jobs)]
-        flink = [flink_job(self.jar, f"flink{i}") for i in range(s.flink_jobs)]
+        jobs = [
+            dataflow_job(f"bench-df-{i % s.dataflow_targets}", STREAMING, name=f"df{i}") for i in range(s.dataflow_jobs)
+        ]
+        flink = [flink_job(self.jar, "bench-flink", name=f"flink{i}") for i in range(s.flink_jobs)]
 
         async def start(job: Job) -> tuple[Job, WorkflowHandle]:
             return job, await start_job(self.client, job, TASK_QUEUE)

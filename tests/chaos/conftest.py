@@ -15,11 +15,11 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from jobctl.dataflow_emulator import EmulatorConfig, EmulatorServer, serve
+from jobctl.dataflow_emulator import EmulatorServer, serve
 from jobctl.temporal_server import TemporalDevServer, free_port
 
 # The same session fixtures as tests/integration (a directory's conftest is not seen from here).
-from tests.integration.conftest import example_jar, flink_cluster  # noqa: F401
+from tests.integration.conftest import EMULATOR_TIMINGS, example_jar, flink_cluster  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,17 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
 async def emulator() -> AsyncIterator[EmulatorServer]:
     """The Dataflow emulator (real gRPC API) with short timings; worker processes reach it through
     DATAFLOW_EMULATOR_HOST."""
-    server = await serve(
-        "127.0.0.1",
-        0,
-        EmulatorConfig(
-            queued_seconds=0.5,
-            pending_seconds=0.5,
-            batch_running_seconds=2,
-            draining_seconds=1,
-            cancelling_seconds=0.5,
-        ),
-    )
+    server = await serve("127.0.0.1", 0, EMULATOR_TIMINGS)
     try:
         yield server
     finally:

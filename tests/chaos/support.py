@@ -39,6 +39,8 @@ from jobctl.flink_cluster import _die_with_parent
 from jobctl.ledger import Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import TERMINAL
+from jobctl.temporal_server import stop_process
+from tests.jobs import BATCH, STREAMING, dataflow_job, flink_job  # noqa: F401 (the chaos tests' Jobs)
 from tests.waiting import all_released
 
 T = TypeVar("T")
@@ -78,51 +80,6 @@ def dataflow_target(name: str, max_concurrent_jobs: int = 25) -> dict[str, Any]:
         "region": REGION,
         "maxConcurrentJobs": max_concurrent_jobs,
     }
-
-
-def flink_job(jar: Path, target: str, *args: str, name: str = "chaos", savepoint_timeout: int = 600) -> Job:
-    return Job.model_validate(
-        {
-            "metadata": {"id": str(uuid.uuid4()), "name": name, "deploymentName": f"{name}-deployment"},
-            "spec": {
-                "engine": "FLINK",
-                "deploymentTargetName": target,
-                "parallelism": 1,
-                "artifact": {
-                    "kind": "JAR",
-                    "jarUri": jar.as_uri(),
-                    "entryClass": "example.Job",
-                    "mainArgs": list(args),
-                },
-                "savepointTimeoutSeconds": savepoint_timeout,
-            },
-        }
-    )
-
-
-def dataflow_job(target: str, params: dict[str, str], name: str = "chaos", savepoint_timeout: int = 600) -> Job:
-    job_id = str(uuid.uuid4())
-    return Job.model_validate(
-        {
-            "metadata": {"id": job_id, "name": name, "deploymentName": f"{name}-deployment"},
-            "spec": {
-                "engine": "DATAFLOW",
-                "deploymentTargetName": target,
-                "artifact": {
-                    "kind": "FLEX_TEMPLATE",
-                    # The emulator allows one active job per name: unique per Job.
-                    "jobName": f"{name}-{job_id[:8]}",
-                    "containerSpecGcsPath": "gs://bucket/templates/app.json",
-                    "parameters": params,
-                },
-                "savepointTimeoutSeconds": savepoint_timeout,
-            },
-        }
-    )
-
-
-STREAMING = {"jobctl-emulator-type": "streaming"}
-BATCH = {"jobctl-emulator-type": "batch"}
 
 
 # --- a `jobctl worker` process ------------------------------------------------------------------
@@ -176,15 +133,7 @@ class WorkerProcess:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=15)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await stop_process(process)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_file.read_text(errors="replace")[-chars:] if self.log_file.exists() else ""

@@ -132,6 +132,27 @@ async def wait_end(handle: WorkflowHandle) -> JobStatus:
     return await wait_for(handle, is_terminal, "a terminal state", timeout=RECOVERY_TIMEOUT, every=0.5)
 
 
+async def recover(
+    handles: dict[str, WorkflowHandle], running: str, restored: float
+) -> tuple[float, dict[str, tuple[JobStatus, float]]]:
+    """After the outage: how long the untouched Job took to show `running` again (still STARTED), and how
+    each requested Job ended and how long after the outage."""
+    keep = await wait_for(handles["keep"], lambda s: observed(s) == running, "RUNNING again", RECOVERY_TIMEOUT)
+    keep_back = time.monotonic() - restored
+    assert keep.state is JobState.STARTED, keep
+    ends = {}
+    for role in ("drain", "cancel", "short-drain"):
+        ends[role] = (await wait_end(handles[role]), time.monotonic() - restored)
+    return keep_back, ends
+
+
+async def leases_left_once_kept_ends(client: Client, handles: dict[str, WorkflowHandle], target: str) -> int:
+    """Cancel the untouched Job; what the target's ledger still holds once it has ended."""
+    await handles["keep"].execute_update("cancel", {}, result_type=RequestAnswer)
+    await wait_end(handles["keep"])
+    return left_on(await ledgers_once_empty(client, [target]))
+
+
 def short_drain_outcome(status: JobStatus, savepoint_expected: bool) -> str:
     """What the user sees of a drain whose savepoint timeout ran out during the outage."""
     assert status.state is JobState.TERMINATED, status
@@ -173,13 +194,8 @@ async def test_flink_rest_outage_keeps_jobs_started_and_requests_complete_after_
         await proxy.restore()
         restored = time.monotonic()
 
-        keep = await wait_for(handles["keep"], lambda s: observed(s) == "RUNNING", "RUNNING again", RECOVERY_TIMEOUT)
-        keep_back = time.monotonic() - restored
-        ends = {}
-        for role in ("drain", "cancel", "short-drain"):
-            ends[role] = (await wait_end(handles[role]), time.monotonic() - restored)
+        keep_back, ends = await recover(handles, "RUNNING", restored)
         drain, cancel = ends["drain"][0], ends["cancel"][0]
-        assert keep.state is JobState.STARTED
         assert drain.state is JobState.TERMINATED and not events(drain, "DRAIN_FELL_BACK_TO_CANCEL"), drain
         assert drain.savepoint and drain.savepoint.taken_for == "DRAIN" and savepoint_on_disk(drain.savepoint.location)
         assert cancel.state is JobState.TERMINATED and cancel.savepoint is None, cancel
@@ -192,9 +208,7 @@ async def test_flink_rest_outage_keeps_jobs_started_and_requests_complete_after_
             jids["short-drain"]: ["CANCELED" if "cancelled instead" in short else "FINISHED"],
         }, after
 
-        await handles["keep"].execute_update("cancel", {}, result_type=RequestAnswer)
-        await wait_end(handles["keep"])
-        left = left_on(await ledgers_once_empty(client, ["outage-flink"]))
+        left = await leases_left_once_kept_ends(client, handles, "outage-flink")
         print(
             f"\nFlink REST outage of {restored - cut_at:.0f}s (refused, then hanging) with 4 STARTED Jobs:\n"
             f"  every Job showed UNKNOWN {noticed:.1f}s after the cut; states seen during it: {shown}\n"
@@ -235,15 +249,8 @@ async def test_dataflow_unavailable_keeps_jobs_started_and_requests_complete_aft
             emulator.clear_unavailable()
         restored = time.monotonic()
 
-        keep = await wait_for(
-            handles["keep"], lambda s: observed(s) == "JOB_STATE_RUNNING", "RUNNING again", RECOVERY_TIMEOUT
-        )
-        keep_back = time.monotonic() - restored
-        ends = {}
-        for role in ("drain", "cancel", "short-drain"):
-            ends[role] = (await wait_end(handles[role]), time.monotonic() - restored)
+        keep_back, ends = await recover(handles, "JOB_STATE_RUNNING", restored)
         drain, cancel = ends["drain"][0], ends["cancel"][0]
-        assert keep.state is JobState.STARTED
         assert drain.state is JobState.TERMINATED and observed(drain) == "JOB_STATE_DRAINED", drain
         assert cancel.state is JobState.TERMINATED and observed(cancel) == "JOB_STATE_CANCELLED", cancel
         short = short_drain_outcome(ends["short-drain"][0], savepoint_expected=False)
@@ -255,9 +262,7 @@ async def test_dataflow_unavailable_keeps_jobs_started_and_requests_complete_aft
             "short-drain": "JOB_STATE_CANCELLED" if "cancelled instead" in short else "JOB_STATE_DRAINED",
         }, after
 
-        await handles["keep"].execute_update("cancel", {}, result_type=RequestAnswer)
-        await wait_end(handles["keep"])
-        left = left_on(await ledgers_once_empty(client, ["outage-dataflow"]))
+        left = await leases_left_once_kept_ends(client, handles, "outage-dataflow")
         print(
             f"\nDataflow UNAVAILABLE for {restored - cut_at:.0f}s with 4 STARTED Jobs:\n"
             f"  every Job showed UNKNOWN {noticed:.1f}s after the outage began; states seen during it: {shown}\n"

@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from jobctl.dataflow_emulator import EmulatorConfig
 from jobctl.flink_cluster import FlinkCluster, FlinkSetupError, _port_in_use, build_example_jar, free_port
 
 FLINK_SLOTS = 4
+# The Dataflow emulator's timings in the tests that run one: short, so a Job's lifecycle takes seconds.
+EMULATOR_TIMINGS = EmulatorConfig(
+    queued_seconds=0.5, pending_seconds=0.5, batch_running_seconds=2, draining_seconds=1, cancelling_seconds=0.5
+)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -5,7 +5,6 @@ Asserts on what users see: Job state, status.started's Dataflow fields, events, 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,13 +16,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
 from jobctl.client import start_job
-from jobctl.dataflow_emulator import EmulatorConfig, EmulatorServer, emulator_clients, serve
+from jobctl.dataflow_emulator import EmulatorServer, emulator_clients, serve
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port
+from tests import jobs
 from tests.history import record
+from tests.integration.conftest import EMULATOR_TIMINGS
+from tests.jobs import BATCH, STREAMING
 from tests.waiting import asked_for_resources, wait_for, wait_state
 from worker.main import build_worker
 
@@ -31,23 +33,11 @@ pytestmark = pytest.mark.integration
 
 TASK_QUEUE = "jobctl-dataflow-integration"
 PROJECT, REGION = "demo-project", "us-central1"
-STREAMING = {"jobctl-emulator-type": "streaming"}
-BATCH = {"jobctl-emulator-type": "batch"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def emulator() -> AsyncIterator[EmulatorServer]:
-    server = await serve(
-        "127.0.0.1",
-        0,
-        EmulatorConfig(
-            queued_seconds=0.5,
-            pending_seconds=0.5,
-            batch_running_seconds=2,
-            draining_seconds=1,
-            cancelling_seconds=0.5,
-        ),
-    )
+    server = await serve("127.0.0.1", 0, EMULATOR_TIMINGS)
     try:
         yield server
     finally:
@@ -86,24 +76,7 @@ async def client(
 
 
 def dataflow_job(prefix: str, params: dict[str, str], job_id: str | None = None, target: str = "dataflow-local") -> Job:
-    job_id = job_id or str(uuid.uuid4())
-    return Job.model_validate(
-        {
-            "metadata": {"id": job_id, "name": prefix, "deploymentName": f"{prefix}-deployment"},
-            "spec": {
-                "engine": "DATAFLOW",
-                "deploymentTargetName": target,
-                "artifact": {
-                    "kind": "FLEX_TEMPLATE",
-                    # Unique per test: the emulator allows one active job per name.
-                    "jobName": f"{prefix}-{job_id[:8]}",
-                    "containerSpecGcsPath": "gs://bucket/templates/app.json",
-                    "parameters": params,
-                },
-                "savepointTimeoutSeconds": 60,
-            },
-        }
-    )
+    return jobs.dataflow_job(target, params, name=prefix, savepoint_timeout=60, job_id=job_id)
 
 
 async def start(client: Client, job: Job) -> WorkflowHandle:

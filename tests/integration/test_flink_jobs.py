@@ -29,6 +29,7 @@ from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
+from tests import jobs
 from tests.history import record
 from tests.waiting import all_released, asked_for_resources, wait_for, wait_ledger, wait_state
 from worker.main import build_worker
@@ -71,23 +72,7 @@ async def client(dev_server: TemporalDevServer, targets_file: Path) -> AsyncIter
 
 
 def flink_job(jar: Path, *args: str, parallelism: int = 1, name: str = "it") -> Job:
-    return Job.model_validate(
-        {
-            "metadata": {"id": str(uuid.uuid4()), "name": name, "deploymentName": f"{name}-deployment"},
-            "spec": {
-                "engine": "FLINK",
-                "deploymentTargetName": "local",
-                "parallelism": parallelism,
-                "artifact": {
-                    "kind": "JAR",
-                    "jarUri": jar.as_uri(),
-                    "entryClass": "example.Job",
-                    "mainArgs": list(args),
-                },
-                "savepointTimeoutSeconds": 120,
-            },
-        }
-    )
+    return jobs.flink_job(jar, "local", *args, name=name, parallelism=parallelism, savepoint_timeout=120)
 
 
 async def start(client: Client, job: Job) -> WorkflowHandle:

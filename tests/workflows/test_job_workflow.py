@@ -6,6 +6,7 @@ Covers every transition, every request (signal and update) in every state, and i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,17 +43,23 @@ class Harness:
         )
 
 
-@pytest.fixture
-async def harness(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
-    engine = ScriptedEngine()
-    task_queue = f"jobctl-test-{uuid.uuid4()}"
+@contextlib.asynccontextmanager
+async def scripted_harness(env: WorkflowEnvironment, engine: ScriptedEngine, prefix: str) -> AsyncIterator[Harness]:
+    """A worker for the Job and ledger workflows on a fresh task queue, its activities the scripted engine's."""
+    task_queue = f"{prefix}-{uuid.uuid4()}"
     async with Worker(
-        time_skipping_env.client,
+        env.client,
         task_queue=task_queue,
         workflows=[JobWorkflow, DeploymentTargetWorkflow],
         activities=engine.activities(),
     ):
-        yield Harness(time_skipping_env.client, task_queue, engine)
+        yield Harness(env.client, task_queue, engine)
+
+
+@pytest.fixture
+async def harness(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    async with scripted_harness(time_skipping_env, ScriptedEngine(), "jobctl-test") as h:
+        yield h
 
 
 async def status_of(handle: WorkflowHandle) -> JobStatus:

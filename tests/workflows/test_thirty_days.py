@@ -7,7 +7,6 @@ day costs a few dozen events, and each run continues as new after a few hundred.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -16,7 +15,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from jobctl.models import JobStatus, RequestAnswer
 from jobctl.states import JobState
@@ -24,9 +22,8 @@ from tests.conftest import register_search_attributes, venv_binary
 from tests.history import record
 from tests.waiting import final, wait_for
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
-from tests.workflows.test_job_workflow import Harness, jid, started
-from workflows.deployment_target import DeploymentTargetWorkflow
-from workflows.job import MAX_RUN_EVENTS, JobWorkflow
+from tests.workflows.test_job_workflow import Harness, jid, scripted_harness, started
+from workflows.job import MAX_RUN_EVENTS
 
 DAYS = 30
 EVENTS_PER_DAY_GOAL = 50
@@ -63,14 +60,8 @@ async def test_a_job_watched_for_thirty_days_keeps_its_history_bounded(month_env
     engine = ScriptedEngine()
     # The ledger looks for leaked leases once a day here (every 2 s of 30 days would be 1.3 million looks).
     engine.reclaim_interval_seconds = 86_400
-    task_queue = f"month-{uuid.uuid4()}"
-    async with Worker(
-        month_env.client,
-        task_queue=task_queue,
-        workflows=[JobWorkflow, DeploymentTargetWorkflow],
-        activities=engine.activities(),
-    ):
-        await watched_for_a_month(Harness(month_env.client, task_queue, engine), month_env)
+    async with scripted_harness(month_env, engine, "month") as harness:
+        await watched_for_a_month(harness, month_env)
 
 
 async def watched_for_a_month(harness: Harness, time_skipping_env: WorkflowEnvironment) -> tuple[list[int], float]:
