@@ -6,6 +6,7 @@ Each picks the engine for the Job's Deployment Target; the workflow never branch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from temporalio import activity
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.dataflow import DataflowEngine, DataflowSurvey, where_of
 from activities.flink import FlinkEngine, FlinkSurvey
@@ -43,6 +45,10 @@ from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget
 from workflows.deployment_target import LedgerInput, ledger_task_queue, ledger_workflow_id
 from workflows.target_watch import watch_workflow_id
 
+# How long an ask waits for a slot to ask by update before it asks by signal (within its 20 s timeout: an
+# update is answered in well under a second). A ledger answers 10-15 asks by update per second on the bench.
+ASK_SLOT_WAIT_SECONDS = 12.0
+
 
 class JobActivities:
     def __init__(self, targets: DeploymentTargets, settings: Settings | None = None) -> None:
@@ -59,6 +65,8 @@ class JobActivities:
             timeout=self.settings.engine_timeout_seconds, poll_interval=self.settings.poll_interval_seconds
         )
         self._watch_ensured: dict[str, float] = {}  # target -> when this process last made sure it is watched
+        # ledger -> the asks this process may have waiting on it by update at once
+        self._ask_slots: dict[str, asyncio.Semaphore] = {}
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -175,7 +183,7 @@ class JobActivities:
 
     @activity.defn(name=engine.ASK)
     async def ask(self, request: AskInput) -> AskReceipt:
-        """Queue the Job on its target's ledger (signal-with-start): asking twice queues it once."""
+        """Queue the Job on its target's ledger (update- or signal-with-start): asking twice queues it once."""
         self._check_secrets(request.job_id, request.spec)
         eng, target = self._target(request.job_id, request.spec)
         needs = eng.requirements(request.job_id, request.spec, target)
@@ -195,28 +203,79 @@ class JobActivities:
             asked_at=datetime.now(UTC),
             takes_over=request.takes_over,
         )
-        # Update-with-start: the ledger answers in its next admission round (granted, or where the Job
-        # waits), so a Job that fits needs no signal back. Asking again (a retried attempt, with the same
-        # update id) gets the same answer.
-        answer = await activity.client().execute_update_with_start_workflow(
-            "request_lease",
-            ask,
-            start_workflow_operation=WithStartWorkflowOperation(
-                "DeploymentTargetWorkflow",
-                LedgerInput(
-                    ledger=ledger,
-                    reclaim_interval_seconds=self.settings.lease_reclaim_interval_seconds,
-                    task_queue=activity.info().task_queue,
-                ),
-                id=ledger_id,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                task_queue=ledger_task_queue(activity.info().task_queue),
-                static_summary=f"Deployment Target {target.name}: leases and queue",
-            ),
-            id=f"ask-{request.job_id}",
-            result_type=LeaseAnswer,
+        ledger_input = LedgerInput(
+            ledger=ledger,
+            reclaim_interval_seconds=self.settings.lease_reclaim_interval_seconds,
+            task_queue=activity.info().task_queue,
         )
+        ledger_queue = ledger_task_queue(activity.info().task_queue)
+        summary = f"Deployment Target {target.name}: leases and queue"
+        start = WithStartWorkflowOperation(
+            "DeploymentTargetWorkflow",
+            ledger_input,
+            id=ledger_id,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            task_queue=ledger_queue,
+            static_summary=summary,
+        )
+        # A retried attempt asks by update whatever the load: an earlier attempt's update may have been answered
+        # already (with the grant), and only the same update id gets that answer back.
+        answer = None
+        if activity.info().attempt > 1:
+            answer = await self._ask_by_update(ask, start, fall_back=False)
+        elif await self._ask_slot(ledger_id):
+            try:
+                answer = await self._ask_by_update(ask, start, fall_back=True)
+            finally:
+                self._ask_slots[ledger_id].release()
+        if answer is None:
+            # The rest of a burst asks by signal and hears back by signal (a grant, or its place in the queue).
+            await activity.client().start_workflow(
+                "DeploymentTargetWorkflow",
+                ledger_input,
+                id=ledger_id,
+                task_queue=ledger_queue,
+                static_summary=summary,
+                start_signal="ask",
+                start_signal_args=[ask],
+            )
         return AskReceipt(ledger_workflow_id=ledger_id, resources=needs, answer=answer)
+
+    async def _ask_slot(self, ledger_id: str) -> bool:
+        """Wait (a little) for one of this process's slots to ask `ledger_id` by update. An update is answered
+        in the ledger's next round, so a burst of Jobs mostly waits here a moment rather than asking by signal:
+        a grant by signal costs the ledger and the Job far more (one external signal each)."""
+        slots = self._ask_slots.setdefault(ledger_id, asyncio.Semaphore(self.settings.asks_by_update_per_target))
+        if self.settings.asks_by_update_per_target == 0:
+            return False
+        try:
+            await asyncio.wait_for(slots.acquire(), ASK_SLOT_WAIT_SECONDS)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _ask_by_update(self, ask: Ask, start: WithStartWorkflowOperation, fall_back: bool) -> LeaseAnswer | None:
+        """Update-with-start: the ledger answers in its next admission round (granted, or where the Job waits),
+        so a Job that fits needs no signal back. Asking again (a retried attempt, with the same update id) gets
+        the same answer. None (if `fall_back`) when Temporal refused the update for the updates already in flight
+        on the ledger (from other workers): nothing was asked then."""
+        try:
+            return await activity.client().execute_update_with_start_workflow(
+                "request_lease",
+                ask,
+                start_workflow_operation=start,
+                id=f"ask-{ask.job_id}",
+                result_type=LeaseAnswer,
+            )
+        except RPCError as err:
+            # The start operation failed with the update: collect its error too (asyncio would log it as never
+            # retrieved).
+            with contextlib.suppress(Exception):
+                await start.workflow_handle()
+            if not fall_back or err.status is not RPCStatusCode.RESOURCE_EXHAUSTED:
+                raise
+            activity.logger.info("Job %s asks %s by signal: %s", ask.job_id, start.id, err.message)
+            return None
 
     @activity.defn(name=engine.TARGET_CAPACITY)
     async def capacity(self, target_name: str) -> CapacitySnapshot:

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     # How often a Deployment Target's ledger looks for leases held by Jobs that closed without releasing
     # them (an operator's `temporal workflow terminate`): the bound on how long a leaked lease lives.
     lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)
+    # Asks a worker has waiting on one Deployment Target's ledger by update at once (each is answered in the
+    # ledger's next round); the rest of a burst waits up to 12 s for a turn, then asks by signal (and hears
+    # back by signal, which costs more). Temporal holds 10 updates in flight per workflow by default
+    # (history.maxInFlightUpdates): beyond that an ask waits for the client's and the activity's retries.
+    # 0: every Job asks by signal.
+    asks_by_update_per_target: int = Field(default=5, ge=0)
     # Job workflows a worker keeps in memory between their workflow tasks; one not kept is replayed from
     # its history on its next task (a change in its engine job, a request). Memory grows with it.
     workflow_cache_size: int = Field(default=1000, ge=0)

@@ -5,18 +5,21 @@ Asserts on what users see: Job state, status.started's Dataflow fields, events, 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import yaml
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
 from jobctl.client import start_job
 from jobctl.dataflow_emulator import EmulatorServer, emulator_clients, serve
+from jobctl.engine import ASK
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
 from jobctl.states import JobState
@@ -291,3 +294,66 @@ async def test_jobs_beyond_max_concurrent_jobs_wait_their_turn(client: Client, e
         await handle.execute_update("cancel", {}, result_type=RequestAnswer)
         await wait_state(handle, JobState.TERMINATED)
     await record(client.get_workflow_handle("deployment-target-dataflow-small"), "ledger_dataflow")
+
+
+async def test_jobs_that_ask_by_signal_all_start(
+    emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Temporal holds 10 updates in flight per workflow by default. Jobs beyond that on one Deployment Target
+    used to fail their ask and back off (25 s each in a burst of 100 on the bench); now a worker asks by update
+    only a few at a time per target (5 by default), and what cannot wait asks by signal: here, every Job."""
+    work = tmp_path_factory.mktemp("in-flight")
+    server = TemporalDevServer(work / "temporal.db", port=free_port(), ui_port=None)
+    targets_file = work / "targets.yaml"
+    target = {"name": "dataflow-burst", "kind": "dataflow", "project": PROJECT, "region": REGION}
+    targets_file.write_text(yaml.safe_dump({"targets": [target]}))
+    await server.start()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("DATAFLOW_EMULATOR_HOST", emulator.address)
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            settings = Settings(targets=str(targets_file), task_queue=TASK_QUEUE, asks_by_update_per_target=0)
+            activities = JobActivities(DeploymentTargets.load(targets_file), settings)
+            burst = [dataflow_job("burst", STREAMING, target="dataflow-burst") for _ in range(8)]
+            try:
+                async with build_worker(client, activities, TASK_QUEUE):
+                    handles = await asyncio.gather(*(start(client, job) for job in burst))
+                    for handle in handles:
+                        await wait_state(handle, JobState.STARTED)
+                    attempts = [await ask_attempt(handle) for handle in handles]
+                    ledger = client.get_workflow_handle("deployment-target-dataflow-burst")
+                    by_signal = await asked_by_signal(ledger)
+                    for handle in handles:
+                        await handle.signal("cancel", {})
+                    ended = [await result(handle) for handle in handles]
+            finally:
+                await activities.close()
+    finally:
+        await server.stop()
+    assert attempts == [1] * len(burst)  # no ask failed and waited for its retry
+    assert by_signal == {job.metadata.id for job in burst}
+    assert [job.status.state for job in ended if job.status] == [JobState.TERMINATED] * len(burst)
+    ours = [j for j in emulator.model.jobs.values() if j.labels.get("jobctl-job-id") in {b.metadata.id for b in burst}]
+    assert sorted(j.state.name for j in ours) == ["JOB_STATE_CANCELLED"] * len(burst)  # each launched once
+
+
+async def ask_attempt(handle: WorkflowHandle) -> int:
+    """The attempt on which the Job's ask to its Deployment Target succeeded (the web UI shows each retry)."""
+    asking = False
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            asking = event.activity_task_scheduled_event_attributes.activity_type.name == ASK
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and asking:
+            return event.activity_task_started_event_attributes.attempt
+    raise AssertionError(f"Job {handle.id} never asked its Deployment Target")
+
+
+async def asked_by_signal(ledger: WorkflowHandle) -> set[str]:
+    """The Jobs that asked the ledger by signal, from its history."""
+    asked = set()
+    async for event in ledger.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signaled = event.workflow_execution_signaled_event_attributes
+            if signaled.signal_name == "ask":
+                asked.add(json.loads(signaled.input.payloads[0].data)["jobId"])
+    return asked
