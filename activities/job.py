@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.dataflow import DataflowEngine, DataflowSurvey, where_of
 from activities.flink import FlinkEngine, FlinkSurvey
@@ -45,9 +45,10 @@ from jobctl.targets import DataflowTarget, DeploymentTargets, FlinkSessionTarget
 from workflows.deployment_target import LedgerInput, ledger_task_queue, ledger_workflow_id
 from workflows.target_watch import watch_workflow_id
 
-# How long an ask waits for a slot to ask by update before it asks by signal (within its 20 s timeout: an
-# update is answered in well under a second). A ledger answers 10-15 asks by update per second on the bench.
-ASK_SLOT_WAIT_SECONDS = 12.0
+# How long a first ask waits for a turn to ask by update before it asks by signal. With the update's own
+# 12 s deadline it stays within the ask's 20 s timeout. A ledger answers 10-15 asks by update per second on
+# the bench.
+ASK_SLOT_WAIT_SECONDS = 5.0
 
 
 class JobActivities:
@@ -218,14 +219,12 @@ class JobActivities:
             task_queue=ledger_queue,
             static_summary=summary,
         )
-        # A retried attempt asks by update whatever the load: an earlier attempt's update may have been answered
-        # already (with the grant), and only the same update id gets that answer back.
+        # A retried attempt asks by update, waiting as long as it takes for a turn: an earlier attempt's update
+        # may have been answered already (with the grant), and only the same update id gets that answer back.
         answer = None
-        if activity.info().attempt > 1:
-            answer = await self._ask_by_update(ask, start, fall_back=False)
-        elif await self._ask_slot(ledger_id):
+        if await self._ask_slot(ledger_id, patient=activity.info().attempt > 1):
             try:
-                answer = await self._ask_by_update(ask, start, fall_back=True)
+                answer = await self._ask_by_update(ask, start)
             finally:
                 self._ask_slots[ledger_id].release()
         if answer is None:
@@ -241,24 +240,25 @@ class JobActivities:
             )
         return AskReceipt(ledger_workflow_id=ledger_id, resources=needs, answer=answer)
 
-    async def _ask_slot(self, ledger_id: str) -> bool:
-        """Wait (a little) for one of this process's slots to ask `ledger_id` by update. An update is answered
-        in the ledger's next round, so a burst of Jobs mostly waits here a moment rather than asking by signal:
-        a grant by signal costs the ledger and the Job far more (one external signal each)."""
-        slots = self._ask_slots.setdefault(ledger_id, asyncio.Semaphore(self.settings.asks_by_update_per_target))
-        if self.settings.asks_by_update_per_target == 0:
+    async def _ask_slot(self, ledger_id: str, patient: bool) -> bool:
+        """Wait for one of this process's turns to ask `ledger_id` by update: a little (False after
+        ASK_SLOT_WAIT_SECONDS), or if `patient` until the activity's timeout. Updates are answered in the
+        ledger's next round, so a burst of Jobs mostly waits here a moment rather than asking by signal: a grant
+        by signal costs the ledger and the Job far more (an external signal each)."""
+        turns = self.settings.asks_by_update_per_target
+        if turns == 0:  # every ask by signal, retries too: none of them was ever asked by update
             return False
+        slots = self._ask_slots.setdefault(ledger_id, asyncio.Semaphore(turns))
         try:
-            await asyncio.wait_for(slots.acquire(), ASK_SLOT_WAIT_SECONDS)
+            await asyncio.wait_for(slots.acquire(), None if patient else ASK_SLOT_WAIT_SECONDS)
             return True
         except TimeoutError:
             return False
 
-    async def _ask_by_update(self, ask: Ask, start: WithStartWorkflowOperation, fall_back: bool) -> LeaseAnswer | None:
+    async def _ask_by_update(self, ask: Ask, start: WithStartWorkflowOperation) -> LeaseAnswer:
         """Update-with-start: the ledger answers in its next admission round (granted, or where the Job waits),
         so a Job that fits needs no signal back. Asking again (a retried attempt, with the same update id) gets
-        the same answer. None (if `fall_back`) when Temporal refused the update for the updates already in flight
-        on the ledger (from other workers): nothing was asked then."""
+        the same answer."""
         try:
             return await activity.client().execute_update_with_start_workflow(
                 "request_lease",
@@ -266,16 +266,17 @@ class JobActivities:
                 start_workflow_operation=start,
                 id=f"ask-{ask.job_id}",
                 result_type=LeaseAnswer,
+                # A ledger that does not answer (its workers down) fails the attempt before the activity's
+                # timeout, freeing this process's turn; the retry asks again with the same update id.
+                rpc_timeout=timedelta(seconds=12),
             )
-        except RPCError as err:
+        except RPCError:
             # The start operation failed with the update: collect its error too (asyncio would log it as never
-            # retrieved).
+            # retrieved). Temporal's limit on updates in flight (10 per workflow by default) ends here too, if
+            # more workers than it allows for ask at once: the activity's retry asks again.
             with contextlib.suppress(Exception):
                 await start.workflow_handle()
-            if not fall_back or err.status is not RPCStatusCode.RESOURCE_EXHAUSTED:
-                raise
-            activity.logger.info("Job %s asks %s by signal: %s", ask.job_id, start.id, err.message)
-            return None
+            raise
 
     @activity.defn(name=engine.TARGET_CAPACITY)
     async def capacity(self, target_name: str) -> CapacitySnapshot:

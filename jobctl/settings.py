@@ -27,9 +27,9 @@ class Settings(BaseSettings):
     # them (an operator's `temporal workflow terminate`): the bound on how long a leaked lease lives.
     lease_reclaim_interval_seconds: float = Field(default=60.0, gt=0)
     # Asks a worker has waiting on one Deployment Target's ledger by update at once (each is answered in the
-    # ledger's next round); the rest of a burst waits up to 12 s for a turn, then asks by signal (and hears
+    # ledger's next round); the rest of a burst waits up to 5 s for a turn, then asks by signal (and hears
     # back by signal, which costs more). Temporal holds 10 updates in flight per workflow by default
-    # (history.maxInFlightUpdates): beyond that an ask waits for the client's and the activity's retries.
+    # (history.maxInFlightUpdates): keep workers x this within it, or an ask beyond it fails and is retried.
     # 0: every Job asks by signal.
     asks_by_update_per_target: int = Field(default=5, ge=0)
     # Job workflows a worker keeps in memory between their workflow tasks; one not kept is replayed from

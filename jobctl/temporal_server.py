@@ -86,6 +86,11 @@ class TemporalDevServer:
             args += ["--search-attribute", f"{name}=Keyword"]
         for key, value in self.dynamic_config.items():
             args += ["--dynamic-config-value", f"{key}={value}"]
+        # Write-ahead logging: a commit appends to the log instead of rewriting pages through a rollback
+        # journal. A bench burst of thousands of Jobs was waiting on the disk a third of the time without it.
+        # A crashed or killed server loses nothing committed (synchronous=normal only risks the last commits
+        # on power loss, which a dev server may).
+        args += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
         log = self.log_file.open("ab")
         self._process = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log, start_new_session=True)
         log.close()

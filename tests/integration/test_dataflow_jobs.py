@@ -301,7 +301,8 @@ async def test_jobs_that_ask_by_signal_all_start(
 ) -> None:
     """Temporal holds 10 updates in flight per workflow by default. Jobs beyond that on one Deployment Target
     used to fail their ask and back off (25 s each in a burst of 100 on the bench); now a worker asks by update
-    only a few at a time per target (5 by default), and what cannot wait asks by signal: here, every Job."""
+    only a few at a time per target (5 by default), and a first ask that cannot wait its turn asks by signal:
+    here, with no turns at all, every Job."""
     work = tmp_path_factory.mktemp("in-flight")
     server = TemporalDevServer(work / "temporal.db", port=free_port(), ui_port=None)
     targets_file = work / "targets.yaml"
