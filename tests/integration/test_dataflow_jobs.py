@@ -297,40 +297,35 @@ async def test_jobs_beyond_max_concurrent_jobs_wait_their_turn(client: Client, e
 
 
 async def test_jobs_that_ask_by_signal_all_start(
-    emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+    dev_server: TemporalDevServer,
+    emulator: EmulatorServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Temporal holds 10 updates in flight per workflow by default. Jobs beyond that on one Deployment Target
-    used to fail their ask and back off (25 s each in a burst of 100 on the bench); now a worker asks by update
-    only a few at a time per target (5 by default), and a first ask that cannot wait its turn asks by signal:
-    here, with no turns at all, every Job."""
-    work = tmp_path_factory.mktemp("in-flight")
-    server = TemporalDevServer(work / "temporal.db", port=free_port(), ui_port=None)
-    targets_file = work / "targets.yaml"
-    target = {"name": "dataflow-burst", "kind": "dataflow", "project": PROJECT, "region": REGION}
+    """A worker asks a Deployment Target by update only a few at a time (5 by default: Temporal holds 10
+    updates in flight per workflow); a first ask that cannot get a turn asks by signal and hears back by
+    signal. Here a worker with no turns at all: every Job asks by signal, and every one starts."""
+    targets_file = tmp_path_factory.mktemp("by-signal") / "targets.yaml"
+    target = {"name": "dataflow-by-signal", "kind": "dataflow", "project": PROJECT, "region": REGION}
     targets_file.write_text(yaml.safe_dump({"targets": [target]}))
-    await server.start()
+    task_queue = f"{TASK_QUEUE}-by-signal"  # beside the module's worker, on the same dev server
+    monkeypatch.setenv("DATAFLOW_EMULATOR_HOST", emulator.address)
+    client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
+    settings = Settings(targets=str(targets_file), task_queue=task_queue, asks_by_update_per_target=0)
+    activities = JobActivities(DeploymentTargets.load(targets_file), settings)
+    burst = [dataflow_job("by-signal", STREAMING, target="dataflow-by-signal") for _ in range(8)]
     try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("DATAFLOW_EMULATOR_HOST", emulator.address)
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            settings = Settings(targets=str(targets_file), task_queue=TASK_QUEUE, asks_by_update_per_target=0)
-            activities = JobActivities(DeploymentTargets.load(targets_file), settings)
-            burst = [dataflow_job("burst", STREAMING, target="dataflow-burst") for _ in range(8)]
-            try:
-                async with build_worker(client, activities, TASK_QUEUE):
-                    handles = await asyncio.gather(*(start(client, job) for job in burst))
-                    for handle in handles:
-                        await wait_state(handle, JobState.STARTED)
-                    attempts = [await ask_attempt(handle) for handle in handles]
-                    ledger = client.get_workflow_handle("deployment-target-dataflow-burst")
-                    by_signal = await asked_by_signal(ledger)
-                    for handle in handles:
-                        await handle.signal("cancel", {})
-                    ended = [await result(handle) for handle in handles]
-            finally:
-                await activities.close()
+        async with build_worker(client, activities, task_queue):
+            handles = await asyncio.gather(*(start_job(client, job, task_queue) for job in burst))
+            for handle in handles:
+                await wait_state(handle, JobState.STARTED)
+            attempts = [await ask_attempt(handle) for handle in handles]
+            by_signal = await asked_by_signal(client.get_workflow_handle("deployment-target-dataflow-by-signal"))
+            for handle in handles:
+                await handle.signal("cancel", {})
+            ended = [await result(handle) for handle in handles]
     finally:
-        await server.stop()
+        await activities.close()
     assert attempts == [1] * len(burst)  # no ask failed and waited for its retry
     assert by_signal == {job.metadata.id for job in burst}
     assert [job.status.state for job in ended if job.status] == [JobState.TERMINATED] * len(burst)
