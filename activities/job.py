@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -270,11 +270,12 @@ class JobActivities:
                 # timeout, freeing this process's turn; the retry asks again with the same update id.
                 rpc_timeout=timedelta(seconds=12),
             )
-        except RPCError:
-            # The start operation failed with the update: collect its error too (asyncio would log it as never
-            # retrieved). Temporal's limit on updates in flight (10 per workflow by default) ends here too, if
-            # more workers than it allows for ask at once: the activity's retry asks again.
-            with contextlib.suppress(Exception):
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The SDK gives the start operation the same error when the RPC failed before the ledger was seen
+            # (the deadline above among them): collect it, or asyncio logs it as never retrieved. Temporal's
+            # limit on updates in flight (10 per workflow by default) ends here too, if more workers than it
+            # allows ask at once: the activity's retry asks again.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await start.workflow_handle()
             raise
 
