@@ -45,6 +45,7 @@ REQUIRED = {
     "real_dataflow_failed",
     "real_dataflow_outage_cancel",
     "ledger_dataflow",
+    "ledger_continue_as_new",
 }
 
 

@@ -31,6 +31,9 @@ CONCURRENT_SIGNALS_PATCH = "ledger-signals-together"
 BACKGROUND_SIGNALS_PATCH = "ledger-signals-in-background"
 # A capacity snapshot without the engine's own free figure is reused this long (patched: older runs ask each round).
 CAPACITY_CACHE_PATCH = "ledger-capacity-cached"
+# Before continuing as new the ledger keeps answering asks until no handler is left; older runs only waited,
+# and waited forever when an ask came in with the suggestion to continue as new (it was never answered).
+ANSWER_BEFORE_CONTINUING_PATCH = "ledger-answers-before-continuing"
 CAPACITY_CACHE = timedelta(seconds=60)
 # How often the ledger re-checks an engine that had no room (a shared cluster freeing slots by itself).
 RECHECK = timedelta(seconds=5)
@@ -96,7 +99,10 @@ class DeploymentTargetWorkflow:
                 await self._reclaim()
                 next_reclaim = workflow.now() + reclaim_every
             if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._sending)
+                if workflow.patched(ANSWER_BEFORE_CONTINUING_PATCH):
+                    await self._answer_until_handlers_finished()
+                else:
+                    await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._sending)
                 workflow.continue_as_new(
                     LedgerInput(
                         ledger=self._ledger,
@@ -104,6 +110,18 @@ class DeploymentTargetWorkflow:
                         task_queue=self._input.task_queue,
                     )
                 )
+
+    async def _answer_until_handlers_finished(self) -> None:
+        """Before continuing as new: every ask sent by update must have its answer, and asks go on arriving
+        meanwhile (a busy target gets one with nearly every workflow task), so keep answering them until
+        none is left, and no signal is still on its way."""
+        while not (workflow.all_handlers_finished() and not self._sending):
+            if any(answer is None for answer in self._answers.values()):
+                await self._admit()
+            self._changed = False
+            await workflow.wait_condition(
+                lambda: self._changed or (workflow.all_handlers_finished() and not self._sending)
+            )
 
     async def _wait(self, timeout: timedelta | None) -> None:
         """Until something changes, or `timeout` passes. The timer is kept, never cancelled: a later wait

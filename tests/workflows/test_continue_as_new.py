@@ -6,21 +6,27 @@ observed changes span several runs.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest_asyncio
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from jobctl import engine
+from jobctl.engine import CapacitySnapshot, LeaseAnswer
+from jobctl.ledger import Ask, Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import JobState
 from jobctl.temporal_server import TemporalDevServer, free_port
 from tests.history import record
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from tests.workflows.test_job_workflow import wait_for, wait_state
-from workflows.deployment_target import DeploymentTargetWorkflow
+from workflows.deployment_target import DeploymentTargetWorkflow, LedgerInput
 from workflows.job import JobWorkflow
 
 
@@ -76,3 +82,48 @@ async def test_long_observed_job_continues_as_new_with_status_intact(small_histo
         final = await handle.result()
         assert final.status and final.status.state is JobState.TERMINATED and final.status.savepoint
         await record(client.get_workflow_handle(job.workflow_id, run_id=first_run), "continue_as_new")
+
+
+@activity.defn(name=engine.TARGET_CAPACITY)
+async def declared_capacity(target: str) -> CapacitySnapshot:
+    """A Dataflow-like target: only the declared limits count (no free figure of the engine's own)."""
+    return CapacitySnapshot(capacity={"jobs": 1_000})
+
+
+async def test_busy_ledger_continues_as_new_and_answers_every_ask(small_history_server: TemporalDevServer) -> None:
+    """Asks that keep arriving while the ledger is about to continue as new are all answered, and the
+    leases carry over: a ledger that only waited for its handlers to finish would wait forever."""
+    client = await Client.connect(small_history_server.address, data_converter=pydantic_data_converter)
+    task_queue = f"can-ledger-{uuid.uuid4()}"
+    ledger_id = f"deployment-target-busy-{uuid.uuid4()}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[DeploymentTargetWorkflow], activities=[declared_capacity]
+    ):
+        handle = await client.start_workflow(
+            DeploymentTargetWorkflow.run,
+            LedgerInput(ledger=Ledger(target="busy", capacity={"jobs": 1_000}), reclaim_interval_seconds=3600),
+            id=ledger_id,
+            task_queue=task_queue,
+        )
+        first_run = handle.result_run_id
+        jobs = [f"job-{n}" for n in range(60)]
+
+        async def ask(job_id: str) -> LeaseAnswer:
+            request = Ask(job_id=job_id, holder=f"holder-{job_id}", resources={"jobs": 1}, asked_at=datetime.now(UTC))
+            # Each ask is answered at once (there is room for all): one that hangs is a stuck ledger.
+            return await asyncio.wait_for(
+                handle.execute_update("request_lease", request, result_type=LeaseAnswer), timeout=30
+            )
+
+        # Eight asks in flight at all times, as a worker taking its turns does during a burst.
+        answers: list[LeaseAnswer] = []
+        for start in range(0, len(jobs), 8):
+            answers += await asyncio.gather(*(ask(j) for j in jobs[start : start + 8]))
+        assert all(a.grant is not None for a in answers), [a for a in answers if a.grant is None]
+        latest = await handle.describe()
+        assert latest.run_id != first_run, "the ledger never continued as new"
+        ledger = await handle.query("ledger", result_type=Ledger)
+        assert sorted(ledger.leases) == sorted(jobs)
+        assert ledger.queue == []
+        await handle.terminate("test over")
+        await record(client.get_workflow_handle(ledger_id, run_id=first_run), "ledger_continue_as_new")
