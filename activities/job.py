@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 
 from activities.dataflow import DataflowEngine, DataflowSurvey, where_of
 from activities.flink import FlinkEngine, FlinkSurvey
+from activities.ledger import tell_ledger
 from activities.watch import Watcher, limiter, workflow_running
 from jobctl import engine
 from jobctl.engine import (
@@ -313,6 +314,7 @@ class JobActivities:
             self.capacity,
             self.closed_holders,
             self.watch,
+            tell_ledger,
         ]
 
     def ledger_activities(self) -> list[Any]:

@@ -23,6 +23,7 @@ ASK = "ask_deployment_target"
 TARGET_CAPACITY = "deployment_target_capacity"
 CLOSED_HOLDERS = "closed_lease_holders"
 WATCH = "watch_deployment_target"
+TELL_LEDGER = "tell_deployment_target"
 # The signal a Deployment Target's watcher sends a Job workflow when its engine job changed.
 OBSERVED = "engine_observed"
 
@@ -152,6 +153,14 @@ class AskReceipt(Model):
     # The ledger's answer to the ask, when it was asked by update (older receipts: none; the answer came
     # by signal). A queued Job still gets its grant by signal later.
     answer: LeaseAnswer | None = None
+
+
+class LedgerMessage(Model):
+    """A Job telling its Deployment Target's ledger something (signal `confirm` or `release`)."""
+
+    ledger_workflow_id: str
+    signal: str
+    job_id: str
 
 
 class CapacitySnapshot(Model):

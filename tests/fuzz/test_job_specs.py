@@ -103,8 +103,16 @@ def task_failures(events: list[Any]) -> list[str]:
 
 
 def scheduled_activities(events: list[Any]) -> list[str]:
-    scheduled = [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-    return [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled]
+    """The activities the Job ran: regular ones, and local ones (a marker each, quick steps)."""
+    names = []
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity":
+                names.append(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
+    return names
 
 
 # --- Python: Job.model_validate and jobctl.client.start_job --------------------------------------

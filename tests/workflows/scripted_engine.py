@@ -16,6 +16,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities.ledger import tell_ledger
 from jobctl import engine
 from jobctl.engine import (
     AcquireInput,
@@ -236,7 +237,16 @@ class ScriptedEngine:
         )
 
     def activities(self) -> list[object]:
-        return [self.acquire, self.ask, self.capacity, self.closed_holders, self.submit, self.observe, self.stop]
+        return [
+            self.acquire,
+            self.ask,
+            self.capacity,
+            self.closed_holders,
+            self.submit,
+            self.observe,
+            self.stop,
+            tell_ledger,
+        ]
 
 
 def new_job(target: str = "local", **spec: object) -> Job:
