@@ -52,10 +52,6 @@ async def build_worker(
         interceptors=[scrubber],
         # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
         max_concurrent_activities=2_000,
-        # A Job's quick steps run as local activities inside its workflow task (an ask may wait seconds for
-        # its turn): room for a burst of them without holding up the workflow tasks of other Jobs.
-        max_concurrent_workflow_tasks=500,
-        max_concurrent_local_activities=500,
         max_cached_workflows=cache_size,
     )
     ledgers = Worker(

@@ -105,7 +105,7 @@ _RETRY_FOREVER = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=NON_RETRYABLE,
 )
-# The quick steps (asking the Deployment Target, submitting, telling its ledger) are tried once as local
+# The quick steps (submitting, telling the Deployment Target's ledger) are tried once as local
 # activities: run by the worker that runs the Job's workflow task and recorded in that same task, they spare
 # the Job a workflow task and three or four events each (a Dataflow lifecycle wrote 58 events in 9 tasks,
 # against about 20 in 4 for a bare workflow). A step whose quick attempt fails for a reason retrying can help
@@ -262,8 +262,10 @@ class JobWorkflow:
         spec = self._job.spec
         self._status.starting_message = f"asking Deployment Target {spec.deployment_target_name} for resources"
         self._publish()
+        # A regular activity, not a quick step: an ask may wait seconds for its turn and for the ledger's
+        # answer, and a local activity would hold the Job's workflow task (and a worker's slot) open meanwhile.
         receipt: AskReceipt | None = await self._unless_stopped(
-            self._step(
+            workflow.start_activity(
                 engine.ASK,
                 AskInput(
                     job_id=self._job.metadata.id,
@@ -272,7 +274,8 @@ class JobWorkflow:
                     takes_over=self._status.links.predecessor_job_id,
                 ),
                 result_type=AskReceipt,
-                timeout=timedelta(seconds=20),
+                start_to_close_timeout=timedelta(seconds=20),
+                retry_policy=_RETRY_FOREVER,
                 summary=f"queue on Deployment Target {spec.deployment_target_name}",
             )
         )
