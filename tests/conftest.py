@@ -15,6 +15,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from worker.main import keep_bytecode
+
+# The tests' own workers run workflows in the sandbox too: each new workflow would compile its module anew.
+keep_bytecode()
+
 SEARCH_ATTRIBUTES = ["JobState", "JobEngine", "DeploymentTarget", "DeploymentName", "EngineJobId"]
 
 

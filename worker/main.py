@@ -4,9 +4,13 @@ activities on the task queue. Stateless: run as many as you like, on as many mac
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import shutil
 import signal
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 
 from temporalio.client import Client
@@ -36,12 +40,30 @@ async def connect(settings: Settings | None = None) -> Client:
     return await Client.connect(**config, data_converter=data_converter(settings.codec_keys()))
 
 
+def keep_bytecode() -> None:
+    """Let Python keep the bytecode it compiles, in a private directory of this process.
+
+    The workflow sandbox imports a workflow's module afresh for every workflow it runs (a new Job, or one
+    evicted from the cache). Where no bytecode is on disk (PYTHONDONTWRITEBYTECODE with a source checkout),
+    each of those imports compiled workflows/job.py from source: about a tenth of a busy worker's CPU in the
+    bench. Installed packages have their bytecode already; the private directory (removed at exit) leaves the
+    checkout as the user wants it, free of __pycache__.
+    """
+    if not sys.dont_write_bytecode or sys.pycache_prefix is not None:
+        return
+    cache = tempfile.mkdtemp(prefix="jobctl-bytecode-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    sys.pycache_prefix = cache
+    sys.dont_write_bytecode = False
+
+
 @contextlib.asynccontextmanager
 async def build_worker(
     client: Client, activities: JobActivities, task_queue: str, cache_size: int = 1000
 ) -> AsyncIterator[None]:
     """The Temporal workers of one jobctl worker process, running while in `async with`: the Jobs' task queue
     (every workflow and activity), and the Deployment Target ledgers' own queue."""
+    keep_bytecode()
     # Activity errors and results never carry a secret parameter or a target's credentials into history.
     scrubber = SecretScrubber(activities.targets)
     jobs = Worker(
