@@ -3,17 +3,26 @@ exit, reclaim of a holder closed without releasing, and a retried ask that grant
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
+from temporalio import activity
 from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
+from activities.ledger import tell_ledger
+from jobctl import engine as engine_names
+from jobctl.engine import LedgerMessage
 from jobctl.ledger import Ask, Ledger
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.states import EnginePhase, JobState
 from tests.history import record
 from tests.waiting import all_released, final, wait_ledger
-from tests.workflows.scripted_engine import new_job
+from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from tests.workflows.test_job_workflow import Harness, harness, started, wait_for, wait_state  # noqa: F401
+from workflows.deployment_target import DeploymentTargetWorkflow
+from workflows.job import JobWorkflow
 
 __all__ = ["harness"]
 
@@ -164,3 +173,30 @@ async def test_an_in_place_update_on_a_full_target_does_not_deadlock(harness: Ha
     await record(handle, "in_place_update_handover")
     await successor.signal("cancel", {})
     await wait_state(successor, JobState.TERMINATED)
+
+
+@activity.defn(name=engine_names.TELL_LEDGER)
+async def tell_ledger_fails(message: LedgerMessage) -> None:
+    raise RuntimeError(f"connection reset while telling {message.ledger_workflow_id}")
+
+
+async def test_ledger_is_told_by_signal_when_the_quick_step_fails(time_skipping_env: WorkflowEnvironment) -> None:
+    """Telling the ledger (confirm, release) is a quick step, a local activity; when it fails, the Job tells
+    the ledger by signal instead, and nothing stays leased."""
+    engine = ScriptedEngine()
+    task_queue = f"quick-tell-fails-{uuid.uuid4()}"
+    activities = [a for a in engine.activities() if a is not tell_ledger] + [tell_ledger_fails]
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[JobWorkflow, DeploymentTargetWorkflow],
+        activities=activities,
+    ):
+        h = Harness(time_skipping_env.client, task_queue, engine)
+        handle = await started(h, new_job(parallelism=3))
+        ledger_id, ledger = await ledger_of(h)
+        assert [lease.resources for lease in ledger.leases.values()] == [{"slots": 3}]
+        await handle.signal("cancel", {})
+        result = await final(handle)
+        assert result.status and result.status.state is JobState.TERMINATED
+        await wait_ledger(h.client, ledger_id, all_released, "the lease released by signal")
