@@ -404,7 +404,8 @@ class DataflowEngine:
         metadata, spec = request.metadata, request.spec
         artifact = _artifact(spec, metadata.id)
         environment = _environment(spec, target, metadata.id)
-        activity.heartbeat("launching")
+        if not activity.info().is_local:  # a quick step (local activity) has no heartbeat
+            activity.heartbeat("launching")
         clients = self._clients()
         if isinstance(artifact, FlexTemplateArtifact):
             response = await clients.flex_templates.launch_flex_template(

@@ -181,7 +181,8 @@ class FlinkEngine:
             if spec.restore_from_savepoint:
                 body["savepointPath"] = spec.restore_from_savepoint
                 body["allowNonRestoredState"] = False
-            activity.heartbeat("running jar")
+            if not activity.info().is_local:  # a quick step (local activity) has no heartbeat
+                activity.heartbeat("running jar")
             response = await self._call(target, "POST", f"/jars/{jar_id}/run", json=body, timeout=120)
         finally:
             await self._delete_jar(target, jar_id)

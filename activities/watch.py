@@ -106,6 +106,7 @@ class Watcher:
 
     async def _push(self, sighting: Sighting) -> None:
         async with self._limit:
+            activity.heartbeat(f"telling Jobs of changes ({len(self._pushed)} jobs watched)")
             handle = self._client.get_workflow_handle(workflow_id_for(sighting.job_id))
             # True as of this survey (the survey reuses a job's observation while its row is unchanged): a Job
             # orders what it is told by this time.
@@ -129,6 +130,10 @@ class Watcher:
     async def _wanted(self, job_id: str) -> bool:
         if job_id not in self._open:
             async with self._limit:
+                # A survey that meets a thousand new jobs asks Temporal about each, which can outlast the
+                # heartbeat timeout of a busy server: without a heartbeat here each attempt timed out, and its
+                # retry started over (the full bench saw 109 attempts, and no Job told of anything).
+                activity.heartbeat(f"checking which Jobs are running ({len(self._open)} known)")
                 self._open[job_id] = await workflow_running(self._client, workflow_id_for(job_id))
         return self._open[job_id]
 
