@@ -102,7 +102,7 @@ class DeploymentTargetWorkflow:
                 if workflow.patched(ANSWER_BEFORE_CONTINUING_PATCH):
                     await self._answer_until_handlers_finished()
                 else:
-                    await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._sending)
+                    await workflow.wait_condition(self._settled)
                 workflow.continue_as_new(
                     LedgerInput(
                         ledger=self._ledger,
@@ -115,13 +115,15 @@ class DeploymentTargetWorkflow:
         """Before continuing as new: every ask sent by update must have its answer, and asks go on arriving
         meanwhile (a busy target gets one with nearly every workflow task), so keep answering them until
         none is left, and no signal is still on its way."""
-        while not (workflow.all_handlers_finished() and not self._sending):
+        while not self._settled():
             if any(answer is None for answer in self._answers.values()):
                 await self._admit()
             self._changed = False
-            await workflow.wait_condition(
-                lambda: self._changed or (workflow.all_handlers_finished() and not self._sending)
-            )
+            await workflow.wait_condition(lambda: self._changed or self._settled())
+
+    def _settled(self) -> bool:
+        """No handler running and no signal on its way: nothing a continued run would lose."""
+        return workflow.all_handlers_finished() and not self._sending
 
     async def _wait(self, timeout: timedelta | None) -> None:
         """Until something changes, or `timeout` passes. The timer is kept, never cancelled: a later wait

@@ -108,9 +108,10 @@ _RETRY_FOREVER = RetryPolicy(
 # The quick steps (submitting, telling the Deployment Target's ledger) are tried once as local
 # activities: run by the worker that runs the Job's workflow task and recorded in that same task, they spare
 # the Job a workflow task and three or four events each (a Dataflow lifecycle wrote 58 events in 9 tasks,
-# against about 20 in 4 for a bare workflow). A step whose quick attempt fails for a reason retrying can help
-# then runs as a regular activity, retried for as long as it takes without writing history meanwhile (an
-# engine outage while a Job starts costs nothing). Older runs replay their regular activities.
+# against about 20 in 4 for a bare workflow). A step whose quick attempt fails, for whatever reason, then runs
+# as a regular activity: retried for as long as it takes without writing history meanwhile (an engine outage
+# while a Job starts costs nothing), or failing at once where retrying cannot help. Older runs replay their
+# regular activities.
 QUICK_STEPS_PATCH = "quick-steps-as-local-activities"
 _QUICK_ATTEMPT = RetryPolicy(maximum_attempts=1)
 
@@ -344,9 +345,9 @@ class JobWorkflow:
         heartbeat_timeout: timedelta | None = None,
         quick_timeout: timedelta | None = None,
     ) -> asyncio.Task[Any]:
-        """Start a STARTING step: one quick attempt as a local activity, then (if that failed for a reason
-        retrying can help) the regular activity, retried for as long as it takes. Both attempts are the same
-        activity, which does its work once however often it is asked (see QUICK_STEPS_PATCH)."""
+        """Start a STARTING step: one quick attempt as a local activity, then (if that failed) the regular
+        activity, retried for as long as it takes. Both attempts are the same activity, which does its work once
+        however often it is asked (see QUICK_STEPS_PATCH)."""
 
         def durable() -> asyncio.Task[Any]:
             return workflow.start_activity(

@@ -334,22 +334,13 @@ async def test_jobs_that_ask_by_signal_all_start(
 
 
 async def ask_attempt(handle: WorkflowHandle) -> int:
-    """The attempt on which the Job's ask to its Deployment Target succeeded: 1 for its quick attempt (a local
-    activity, a marker in history), else that plus the attempt of the regular activity that took over."""
-    tried = 0
+    """The attempt on which the Job's ask to its Deployment Target succeeded (the web UI shows each retry)."""
     asking = False
     async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            marker = event.marker_recorded_event_attributes
-            if marker.marker_name == "core_local_activity":
-                if json.loads(marker.details["data"].payloads[0].data)["activity_type"] == ASK:
-                    if not marker.HasField("failure"):
-                        return tried + 1
-                    tried += 1
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             asking = event.activity_task_scheduled_event_attributes.activity_type.name == ASK
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and asking:
-            return tried + event.activity_task_started_event_attributes.attempt
+            return event.activity_task_started_event_attributes.attempt
     raise AssertionError(f"Job {handle.id} never asked its Deployment Target")
 
 
