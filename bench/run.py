@@ -226,13 +226,26 @@ class Bench:
         )
         self.worker = await self._spawn([sys.executable, "-m", "jobctl.cli", "worker"], "worker", env)
         try:
-            await self.throughput()
-            await self.hold_all()
-            await self.freshness()
-            await self.history_per_day()
+            # A worker that dies (a bad install, a crash) would leave the phases waiting for Jobs forever.
+            phases = asyncio.create_task(self._phases())
+            died = asyncio.create_task(self.worker.wait())
+            await asyncio.wait([phases, died], return_when=asyncio.FIRST_COMPLETED)
+            if not phases.done():
+                phases.cancel()
+                raise RuntimeError(
+                    f"the jobctl worker exited with {self.worker.returncode}: see {self.work}/worker.log"
+                )
+            died.cancel()
+            await phases
         finally:
             await self.stop()
         return self.figures
+
+    async def _phases(self) -> None:
+        await self.throughput()
+        await self.hold_all()
+        await self.freshness()
+        await self.history_per_day()
 
     async def _spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Any:
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -286,8 +299,9 @@ class Bench:
 
     async def throughput(self) -> None:
         n = self.sizes.lifecycles
-        print(f"lifecycle throughput: {n} bare workflows, then {n} Job lifecycles", flush=True)
-        async with Worker(self.client, task_queue="bench-bare", workflows=[BareWorkflow], activities=[bare_step]):
+        print(f"lifecycle throughput: {n} bare workflows, {n} Job lifecycles, {n} bare workflows", flush=True)
+
+        async def bare_round() -> float:
             began = time.monotonic()
             await gather_limited(
                 [
@@ -298,7 +312,7 @@ class Bench:
                 ],
                 CONCURRENCY,
             )
-            bare = n / (time.monotonic() - began)
+            return n / (time.monotonic() - began)
 
         # Jobs seen STARTED, by workflow id: one visibility query for all of them, as a platform's own
         # automation would watch many Jobs, instead of a status query per Job (which would load the worker
@@ -324,13 +338,25 @@ class Bench:
             started.pop(job.workflow_id, None)
             return result.status.state if result.status else JobState.FAILED
 
-        watcher = asyncio.create_task(watch_started())
-        began = time.monotonic()
-        states = await gather_limited([lifecycle() for _ in range(n)], CONCURRENCY)
-        watcher.cancel()
-        jobs = n / (time.monotonic() - began)
+        # Bare rounds before and after the lifecycles, their mean the baseline: the server's SQLite file grows
+        # and the machine's load drifts during a run, and the baseline should not be measured on an emptier
+        # server than the Jobs are.
+        async with Worker(self.client, task_queue="bench-bare", workflows=[BareWorkflow], activities=[bare_step]):
+            before = await bare_round()
+            watcher = asyncio.create_task(watch_started())
+            began = time.monotonic()
+            states = await gather_limited([lifecycle() for _ in range(n)], CONCURRENCY)
+            watcher.cancel()
+            jobs = n / (time.monotonic() - began)
+            after = await bare_round()
+        bare = (before + after) / 2
         ended = sum(1 for st in states if st is JobState.TERMINATED)
-        self.figures.add("bare Temporal workflow, 3 activities", "baseline", f"{bare:.1f} workflows/s", None)
+        self.figures.add(
+            "bare Temporal workflow, 3 activities",
+            "baseline",
+            f"{bare:.1f} workflows/s (before {before:.1f}, after {after:.1f})",
+            None,
+        )
         self.figures.add(
             "lifecycle throughput (start -> STARTED -> cancel -> TERMINATED)",
             ">= 50% of bare Temporal",

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     # Job workflows a worker keeps in memory between their workflow tasks; one not kept is replayed from
     # its history on its next task (a change in its engine job, a request). Memory grows with it.
     workflow_cache_size: int = Field(default=1000, ge=0)
+    # Run the workflows in the Temporal SDK's sandbox. The sandbox re-imports a workflow's module for every
+    # workflow instance it builds and swaps the import machinery on every workflow task, which cost a busy
+    # worker a fifth of its CPU. jobctl's workflows are its own code: the tests run them sandboxed (which
+    # catches a non-deterministic call) and replay recorded histories, so the worker runs them unsandboxed.
+    workflow_sandbox: bool = False
     # Timeout of one engine API call.
     engine_timeout_seconds: float = Field(default=30.0, gt=0)
     # Fernet keys (comma-separated, the first encrypts) for secret parameters: see jobctl/codec.py.

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.job import JobActivities
 from jobctl.codec import data_converter
@@ -59,11 +60,16 @@ def keep_bytecode() -> None:
 
 @contextlib.asynccontextmanager
 async def build_worker(
-    client: Client, activities: JobActivities, task_queue: str, cache_size: int = 1000
+    client: Client,
+    activities: JobActivities,
+    task_queue: str,
+    cache_size: int = 1000,
+    sandbox: bool = False,
 ) -> AsyncIterator[None]:
     """The Temporal workers of one jobctl worker process, running while in `async with`: the Jobs' task queue
     (every workflow and activity), and the Deployment Target ledgers' own queue."""
     keep_bytecode()
+    runner = SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner()
     # Activity errors and results never carry a secret parameter or a target's credentials into history.
     scrubber = SecretScrubber(activities.targets)
     jobs = Worker(
@@ -75,12 +81,14 @@ async def build_worker(
         # Observe activities are long-polls that mostly sleep: many may run at once on one worker.
         max_concurrent_activities=2_000,
         max_cached_workflows=cache_size,
+        workflow_runner=runner,
     )
     ledgers = Worker(
         client,
         task_queue=ledger_task_queue(task_queue),
         workflows=[DeploymentTargetWorkflow],
         activities=activities.ledger_activities(),
+        workflow_runner=runner,
         interceptors=[scrubber],
     )
     async with jobs, ledgers:
@@ -99,7 +107,9 @@ async def run(settings: Settings | None = None, stop: asyncio.Event | None = Non
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    worker = build_worker(client, activities, settings.task_queue, settings.workflow_cache_size)
+    worker = build_worker(
+        client, activities, settings.task_queue, settings.workflow_cache_size, settings.workflow_sandbox
+    )
     log.info(
         "jobctl worker on task queue %s, namespace %s, targets %s",
         settings.task_queue,
