@@ -19,6 +19,7 @@ from workflows.target_watch import DeploymentTargetWatchWorkflow
 # tests/histories/v1/: recorded before Deployment Target leases (the patched-out acquire path).
 # tests/histories/v2/: recorded before Deployment Target watchers (Jobs long-poll their engine job).
 # tests/histories/v3/, v4/: recorded before asks by update, and before quick steps as local activities.
+# tests/histories/v5/: recorded before one marker (CURRENT_PATCH) stood for every patch of a new run.
 STORED = sorted(HISTORIES.rglob("*.json"))
 
 # The paths the stored histories must cover; adding a path means recording its history too.

@@ -114,6 +114,12 @@ _RETRY_FOREVER = RetryPolicy(
 # regular activities.
 QUICK_STEPS_PATCH = "quick-steps-as-local-activities"
 _QUICK_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# Every patch above, in one marker at the start of each run. The Python SDK writes each marker with an upsert
+# of the TemporalChangeVersion search attribute, and each upsert is a visibility write on the server: a new
+# Job wrote three of both. A run that has this marker takes every patched path without asking for their
+# markers; runs recorded before it ask for each, as they did. It also spares a run the upsert of the search
+# attributes its start (or its predecessor's run) already set. Add a new patch alongside, not to this one.
+CURRENT_PATCH = "job-workflow-2026-11"
 
 
 class RequestRejected(Exception):
@@ -151,6 +157,7 @@ class JobWorkflow:
         # The newest observation the watcher pushed that the main loop has not taken yet.
         self._news: Observation | None = None
         self._watched = False
+        self._current = False  # this run has CURRENT_PATCH: every earlier patch applies
         # An update the engine carries out in place (Dataflow): its successor, and the request that
         # waits for the engine to report this Job's engine job replaced.
         self._in_place: TerminatingStatus | None = None
@@ -176,10 +183,13 @@ class JobWorkflow:
                 type="InvalidSpec",
                 non_retryable=True,
             )
-        self._watched = workflow.patched(WATCH_PATCH)
-        workflow.upsert_search_attributes(
-            [pair.key.value_set(pair.value) for pair in search_attributes_for(self._job, self._status.state)]
-        )
+        self._current = workflow.patched(CURRENT_PATCH)
+        self._watched = self._patched(WATCH_PATCH)
+        wanted = search_attributes_for(self._job, self._status.state)
+        given = workflow.info().typed_search_attributes
+        if not self._current or any(given.get(pair.key) != pair.value for pair in wanted):
+            # Started without them (the temporal CLI, a client of its own), or with others: set them.
+            workflow.upsert_search_attributes([pair.key.value_set(pair.value) for pair in wanted])
         if workflow.info().continued_run_id is None:
             self._event("CREATED", f"Job created for target {self._job.spec.deployment_target_name}")
         self._publish()
@@ -206,7 +216,7 @@ class JobWorkflow:
 
         self._job.metadata.terminated_at = self._job.metadata.terminated_at or workflow.now()
         successor_pending = bool(self._status.links.successor_job_id and self._update_spec and self._successor is None)
-        if successor_pending and workflow.patched(HANDOVER_PATCH):
+        if successor_pending and self._patched(HANDOVER_PATCH):
             # The successor takes over this Job's lease (no other Job can slip in between); should it
             # never ask, the lease of this closed Job is reclaimed.
             await self._start_successor(self._status.links.successor_job_id)
@@ -219,11 +229,15 @@ class JobWorkflow:
         self._job.status = self._status
         return self._job
 
+    def _patched(self, patch: str) -> bool:
+        """Whether this run takes the patched path: always for runs with CURRENT_PATCH."""
+        return self._current or workflow.patched(patch)
+
     # --- STARTING ----------------------------------------------------------------------------------
 
     async def _start(self) -> None:
         spec = self._job.spec
-        if workflow.patched(LEASES_PATCH):
+        if self._patched(LEASES_PATCH):
             if not await self._acquire_lease():
                 return
         elif not await self._acquire_unleased():
@@ -360,7 +374,7 @@ class JobWorkflow:
                 summary=summary,
             )
 
-        if not workflow.patched(QUICK_STEPS_PATCH):
+        if not self._patched(QUICK_STEPS_PATCH):
             return durable()
 
         async def quick_then_durable() -> Any:
@@ -388,7 +402,7 @@ class JobWorkflow:
         ledger_id = self._status.lease.ledger_workflow_id if self._status.lease else self._ledger_id
         if ledger_id is None:
             return
-        if workflow.patched(QUICK_STEPS_PATCH):
+        if self._patched(QUICK_STEPS_PATCH):
             # From the worker, in this workflow task; should that fail, by the external signal below.
             try:
                 await workflow.execute_local_activity(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.job import JobActivities
@@ -246,6 +247,11 @@ async def test_temporal_cli_round_trip_with_plain_json(
     assert code == 0, err
     handle = client.get_workflow_handle(f"job-{job_id}")
     await wait_state(handle, JobState.STARTED)
+    # Started without search attributes: the Job sets its own, so `temporal workflow list` finds it.
+    attrs = (await handle.describe()).typed_search_attributes
+    assert attrs.get(SearchAttributeKey.for_keyword("DeploymentTarget")) == "local"
+    assert attrs.get(SearchAttributeKey.for_keyword("JobEngine")) == "FLINK"
+    assert attrs.get(SearchAttributeKey.for_keyword("JobState")) == "STARTED"
 
     code, out, err = await run(str(temporal_cli()), "workflow", "query", *common, "--name", "status", "-o", "json")
     assert code == 0, err

@@ -103,6 +103,18 @@ async def test_start_to_started_fills_status_and_search_attributes(harness: Harn
     await handle.signal("cancel", {"reason": "test over"})
     await wait_state(handle, JobState.TERMINATED)
     await record(handle, "flink_start_cancel")
+    # One version marker for the whole run, and no upsert of the search attributes its start already set:
+    # each upsert is a write to the server's visibility store.
+    history = await handle.fetch_history()
+    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    upserted = [
+        set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    assert sum(m.marker_recorded_event_attributes.marker_name == "core_patch" for m in markers) == 1
+    assert upserted.count({"TemporalChangeVersion"}) == 1
+    assert {"JobEngine", "DeploymentTarget"}.isdisjoint(set().union(*upserted))
 
 
 async def test_bounded_job_finishes(harness: Harness) -> None:
