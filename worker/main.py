@@ -68,7 +68,8 @@ async def build_worker(
 ) -> AsyncIterator[None]:
     """The Temporal workers of one jobctl worker process, running while in `async with`: the Jobs' task queue
     (every workflow and activity), and the Deployment Target ledgers' own queue."""
-    keep_bytecode()
+    if sandbox:
+        keep_bytecode()  # outside the sandbox each module is imported once: nothing to keep
     runner = SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner()
     # Activity errors and results never carry a secret parameter or a target's credentials into history.
     scrubber = SecretScrubber(activities.targets)
