@@ -30,6 +30,7 @@ Conventions (a launch has no graph to look at, so the job type and faults come f
 from __future__ import annotations
 
 import base64
+import heapq
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -273,6 +274,12 @@ class DataflowModel:
         self.jobs: dict[str, EmulatedJob] = {}  # every job ever, by id (ids are globally unique)
         self.transitions: list[Transition] = []  # every state change, in order (tests read it)
         self._active: dict[tuple[str, str, str], str] = {}  # (project, location, name) -> id of the active job
+        # (when, order, job id) of each job's next service step, earliest first. A job's entry is added whenever
+        # what its next step depends on changes (its state, a failure injected); an entry that no longer matches
+        # the job's next step is dropped when it comes up. Scanning every active job instead on each API call
+        # made a call cost O(jobs): at 10,000 jobs the emulator alone took most of a core.
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_order = 0
         self._seq = 0
         self._now = self.clock()
         u = self.faults.unavailable_seconds
@@ -287,19 +294,22 @@ class DataflowModel:
     def tick(self) -> None:
         """Apply every service step that is due by now, earliest first (across all jobs)."""
         now = self.now()
-        while True:
-            due: tuple[EmulatedJob, _Event] | None = None
-            for job_id in list(self._active.values()):
-                job = self.jobs[job_id]
-                ev = self._next_event(job)
-                if ev is not None and ev.at <= now and (due is None or ev.at < due[1].at):
-                    due = (job, ev)
-            if due is None:
-                return
-            job, ev = due
+        while self._timers and self._timers[0][0] <= now:
+            at, _, job_id = heapq.heappop(self._timers)
+            job = self.jobs[job_id]
+            ev = self._next_event(job)
+            if ev is None or ev.at != at:
+                continue  # stale: the job changed since (its current step has an entry of its own)
             self._transition(job, ev.dst, ev.at, ev.text, ev.importance)
             if ev.dst == S.JOB_STATE_RUNNING:
                 self._apply_deferred_request(job, ev.at)
+
+    def _schedule(self, job: EmulatedJob) -> None:
+        """Note the job's next service step; call after anything its next step depends on changed."""
+        ev = self._next_event(job)
+        if ev is not None:
+            self._timer_order += 1
+            heapq.heappush(self._timers, (ev.at, self._timer_order, job.id))
 
     def _next_event(self, job: EmulatedJob) -> _Event | None:
         """The next step the service takes on its own for this job, if any (the job's 'timer')."""
@@ -351,6 +361,7 @@ class DataflowModel:
         if dst in TERMINAL:
             self._active.pop(job.key, None)
         self._message(job, at, text or f"Job state changed to {dst.name}.", importance)
+        self._schedule(job)
         self.transitions.append(t)
         if self.on_transition is not None:
             self.on_transition(job, t)
@@ -376,6 +387,7 @@ class DataflowModel:
             raise EmulatorError(Code.FAILED_PRECONDITION, f"job {job_id} is already {job.state.name}")
         job.fail_at = self.now()
         job.fail_message = message or self.faults.fail_message
+        self._schedule(job)
         self.tick()
         return job
 
@@ -497,6 +509,7 @@ class DataflowModel:
         self._active[job.key] = job.id
         self.transitions.append(Transition(job.id, S.JOB_STATE_UNKNOWN, job.state, now))
         self._message(job, now, f"Job {job.id} created ({job.state.name}).", Importance.JOB_MESSAGE_BASIC)
+        self._schedule(job)
         if self.on_transition is not None:
             self.on_transition(job, self.transitions[-1])
         self.tick()  # a zero-second timing or fault applies at once
