@@ -505,7 +505,7 @@ class DataflowEngine:
                     started_fields={"observedDataflowJobState": NOT_FOUND},
                 )
             if request.mode is StopMode.CANCEL:
-                return await self._cancel(where, jid, "cancelled")
+                return await self._cancel(where, jid, "cancelled", wait=request.wait_for_end)
             if request.mode is StopMode.SUSPEND:
                 return await self._replace_in_place(where, jid)
             return await self._drain(request, where, jid)
@@ -540,7 +540,9 @@ class DataflowEngine:
             started_fields=started_fields(job),
         )
 
-    async def _cancel(self, where: Where, jid: str, why: str, progress: dict[str, Any] | None = None) -> StopResult:
+    async def _cancel(
+        self, where: Where, jid: str, why: str, progress: dict[str, Any] | None = None, *, wait: bool = True
+    ) -> StopResult:
         job = await self._get(where, jid)
         if is_terminal(job):
             return _stopped(
@@ -553,6 +555,9 @@ class DataflowEngine:
             # It ended between our look and the request; anything else is raised again.
             if not is_terminal(await self._get(where, jid)):
                 raise
+        if not wait:
+            job = await self._get(where, jid)
+            return _stopped(job, f"Dataflow job {jid}: cancel requested; it is {state_name(job.current_state)}")
         job = await self._wait_terminal(where, jid, progress or {})
         return _stopped(job, f"Dataflow job {jid} {why}; it ended {state_name(job.current_state)}")
 
@@ -620,8 +625,8 @@ class DataflowEngine:
 
 
 def _stopped(job: df.Job, message: str) -> StopResult:
-    """The result of a stop that is over: the job's terminal JobState and its engine-neutral reading
-    (DRAINED/CANCELLED/UPDATED: STOPPED, DONE: FINISHED, FAILED: FAILED)."""
+    """The result of a stop: the job's JobState and its engine-neutral reading (DRAINED/CANCELLED/UPDATED:
+    STOPPED, DONE: FINISHED, FAILED: FAILED; CANCELLING, for a cancel that was not waited for: STOPPING)."""
     state = state_name(job.current_state)
     return StopResult(
         engine_status=state, phase=dataflow_phase(state), message=message, started_fields=started_fields(job)

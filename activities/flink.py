@@ -254,10 +254,10 @@ class FlinkEngine:
     async def stop(self, request: StopInput, target: FlinkSessionTarget) -> StopResult:
         jid = _flink_job_id(request.metadata, request.engine_job_id)
         if request.mode is StopMode.CANCEL:
-            return await self._cancel(target, jid, "cancelled")
+            return await self._cancel(target, jid, "cancelled", wait=request.wait_for_end)
         return await self._stop_with_savepoint(request, target, jid)
 
-    async def _cancel(self, target: FlinkSessionTarget, jid: str, why: str) -> StopResult:
+    async def _cancel(self, target: FlinkSessionTarget, jid: str, why: str, *, wait: bool = True) -> StopResult:
         response = await self._call(target, "PATCH", f"/jobs/{jid}", params={"mode": "cancel"})
         if response.status_code == 404:
             # Never submitted (a cancel during STARTING) or already gone: nothing is left to cancel.
@@ -268,6 +268,15 @@ class FlinkEngine:
             )
         if response.status_code not in (200, 202, 409):
             raise FlinkUnreachable(f"cancel of Flink job {jid} answered {response.status_code}: {_errors(response)}")
+        if not wait:
+            # What Flink reports right after the request (CANCELLING, usually); gone reads as stopped.
+            status = _state_of(await self._job(target, jid))
+            return StopResult(
+                engine_status=status,
+                phase=flink_phase(status) if status != "NOT_FOUND" else EnginePhase.STOPPED,
+                message=f"Flink job {jid}: cancel requested; it is {status}",
+                started_fields={"observedFlinkJobStatus": status},
+            )
         status = await self._wait_terminal(target, jid)
         return _stop_result(
             engine_status=status,

@@ -118,6 +118,9 @@ class StopInput(Model):
     mode: StopMode
     # How long a savepoint may take before the stop falls back to a cancel (DRAIN) or gives up (SUSPEND).
     savepoint_timeout_seconds: int = 600
+    # False (a cancel only): request the stop and return what the engine reports right after, ended or not;
+    # the Job learns of the end from its Deployment Target's watcher.
+    wait_for_end: bool = True
 
 
 class StopResult(Model):

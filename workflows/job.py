@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         workflow_id_for,
     )
     from jobctl.states import (
+        ENDED_PHASES,
         EnginePhase,
         JobState,
         is_terminal,
@@ -116,10 +117,19 @@ QUICK_STEPS_PATCH = "quick-steps-as-local-activities"
 _QUICK_ATTEMPT = RetryPolicy(maximum_attempts=1)
 # Every patch above, in one marker at the start of each run. The Python SDK writes each marker with an upsert
 # of the TemporalChangeVersion search attribute, and each upsert is a visibility write on the server: a new
-# Job wrote three of both. A run that has this marker takes every patched path without asking for their
-# markers; runs recorded before it ask for each, as they did. It also spares a run the upsert of the search
-# attributes its start (or its predecessor's run) already set. Add a new patch alongside, not to this one.
-CURRENT_PATCH = "job-workflow-2026-11"
+# Job wrote three of both. A run that has a generation marker takes every patched path without asking for
+# their markers; runs recorded before them ask for each, as they did. It also spares a run the upsert of the
+# search attributes its start (or its predecessor's run) already set. A change to what a new run does adds a
+# generation at the end; the newest one a run has stands for every earlier one, so a new run writes one marker.
+GENERATIONS = (
+    "job-workflow-2026-11",
+    # A watched Job's cancel is requested in the Job's own workflow task (a local activity), and the
+    # watcher's push of the engine job's end ends the Job: no stop activity polling each engine job.
+    "job-workflow-2026-11-23",
+)
+# Generation 2: how long a watched Job waits for the watcher's push that its engine job ended after the cancel
+# was requested, before the stop activity requests it again and watches the engine job itself.
+CANCEL_PUSH_WAIT = timedelta(minutes=2)
 
 
 class RequestRejected(Exception):
@@ -157,7 +167,7 @@ class JobWorkflow:
         # The newest observation the watcher pushed that the main loop has not taken yet.
         self._news: Observation | None = None
         self._watched = False
-        self._current = False  # this run has CURRENT_PATCH: every earlier patch applies
+        self._generation = 0  # the newest of GENERATIONS this run has (1-based; 0: none)
         # An update the engine carries out in place (Dataflow): its successor, and the request that
         # waits for the engine to report this Job's engine job replaced.
         self._in_place: TerminatingStatus | None = None
@@ -183,11 +193,11 @@ class JobWorkflow:
                 type="InvalidSpec",
                 non_retryable=True,
             )
-        self._current = workflow.patched(CURRENT_PATCH)
+        self._generation = self._newest_generation()
         self._watched = self._patched(WATCH_PATCH)
         wanted = search_attributes_for(self._job, self._status.state)
         given = workflow.info().typed_search_attributes
-        if not self._current or any(given.get(pair.key) != pair.value for pair in wanted):
+        if not self._generation or any(given.get(pair.key) != pair.value for pair in wanted):
             # Started without them (the temporal CLI, a client of its own), or with others: set them.
             workflow.upsert_search_attributes([pair.key.value_set(pair.value) for pair in wanted])
         if workflow.info().continued_run_id is None:
@@ -229,9 +239,18 @@ class JobWorkflow:
         self._job.status = self._status
         return self._job
 
+    @staticmethod
+    def _newest_generation() -> int:
+        # Newest first: a new run writes the newest marker only; a recorded run finds the one it has (a marker
+        # asked for during replay and not in the history reads as absent, and writes nothing).
+        for number in range(len(GENERATIONS), 0, -1):
+            if workflow.patched(GENERATIONS[number - 1]):
+                return number
+        return 0
+
     def _patched(self, patch: str) -> bool:
-        """Whether this run takes the patched path: always for runs with CURRENT_PATCH."""
-        return self._current or workflow.patched(patch)
+        """Whether this run takes the patched path: always for runs with a generation marker."""
+        return self._generation >= 1 or workflow.patched(patch)
 
     # --- STARTING ----------------------------------------------------------------------------------
 
@@ -603,6 +622,11 @@ class JobWorkflow:
                 self._set_state(JobState.TERMINATING, f"{request.request.lower()} requested")
             self._publish()
         mode = {"CANCEL": StopMode.CANCEL, "DRAIN": StopMode.DRAIN, "UPDATE": StopMode.SUSPEND}[request.request]
+        if mode is StopMode.CANCEL and self._cancel_ends_by_push():
+            if await self._cancel_watched(request):
+                return
+            # The quick request failed, or no push came in time: the stop activity below requests the cancel
+            # again (a second request of a cancel changes nothing) and watches the engine job until it ends.
         timeout = self._savepoint_timeout()
         task = workflow.start_activity(
             engine.STOP,
@@ -631,6 +655,82 @@ class JobWorkflow:
             self._fail_from_activity(err)
             return
         await self._finish_request(request, result)
+
+    def _cancel_ends_by_push(self) -> bool:
+        return (
+            self._generation >= 2
+            and self._watched
+            and self._status.watched_by is not None
+            and self._status.engine_job_id is not None
+        )
+
+    async def _cancel_watched(self, request: TerminatingStatus) -> bool:
+        """Request the cancel in this workflow task, then let the watcher's push of the end finish it.
+
+        True when the request is over (or another one replaced it); False to leave it to the stop activity.
+        A stop activity waiting for the end would poll the engine for each Job (a thousand Jobs cancelled at
+        once: a thousand pollers on one engine API) and cost the Job a workflow task of its own, while the
+        watcher pushes the same end anyway.
+        """
+        try:
+            asked: StopResult = await workflow.execute_local_activity(
+                engine.STOP,
+                StopInput(
+                    metadata=self._job.metadata,
+                    spec=self._job.spec,
+                    engine_job_id=self._status.engine_job_id,
+                    mode=StopMode.CANCEL,
+                    wait_for_end=False,
+                ),
+                result_type=StopResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_QUICK_ATTEMPT,
+                summary="request the cancel of the engine job",
+            )
+        except FailureError as err:
+            if _is_cancellation(err):
+                raise
+            workflow.logger.info(
+                "Job %s: the quick cancel request failed (%s); the stop activity takes over", self._job.metadata.id, err
+            )
+            return False
+        if asked.phase in ENDED_PHASES:
+            await self._finish_request(request, asked)
+            return True
+        if self._status.started is not None:
+            self._merge_started(asked.started_fields, workflow.now())
+            self._publish()
+        # Never cancelled: a timer that fires after the Job ended costs nothing, and cancelling timers strands
+        # workflows on the time-skipping test server (temporalio/sdk-java#3088).
+        deadline = asyncio.ensure_future(workflow.sleep(CANCEL_PUSH_WAIT, summary="wait for the engine job to end"))
+        while True:
+            await workflow.wait_condition(
+                lambda: self._news is not None or self._request is not request or deadline.done()
+            )
+            if self._request is not request:
+                return True
+            if self._news is None:
+                return False  # no push in time (the watcher is down or behind)
+            news, self._news = self._news, None
+            last = self._last_observation
+            if news.engine_job_id != self._status.engine_job_id or (last and news.observed_at < last.observed_at):
+                continue
+            if news.phase is EnginePhase.FAILED:
+                # The push carries no error text (see _await_news); the stop activity reads how it ended.
+                return False
+            if news.phase in ENDED_PHASES:
+                ended = StopResult(
+                    engine_status=news.engine_status,
+                    phase=news.phase,
+                    message=f"engine job {news.engine_job_id} ended {news.engine_status} after the cancel request",
+                    started_fields=news.started_fields,
+                )
+                await self._finish_request(request, ended)
+                return True
+            self._last_observation = news
+            if self._status.started is not None:
+                self._update_started(news)
+            self._publish()
 
     async def _finish_request(self, request: TerminatingStatus, result: StopResult) -> None:
         if result.savepoint_location:

@@ -72,6 +72,7 @@ class ScriptedEngine:
         self.updates_in_place = False  # SUSPEND replaces in place, like Dataflow
         self.refuse_replacement = False  # a successor's in-place launch is refused
         self.drain_gate: asyncio.Event | None = None  # a drain waits for it: holds the Job in TERMINATING
+        self.cancel_end_pushed = True  # after a cancel not waited for, the watcher pushes CANCELLING, CANCELED
         self.reclaim_interval_seconds = 2.0  # of the test's ledger: short, so reclaims show quickly
         # What the engine currently reports per job. Observing reads it, never consumes it, as with a real
         # engine: an observe call the workflow abandoned cannot swallow a change.
@@ -208,6 +209,28 @@ class ScriptedEngine:
         jid = request.engine_job_id or request.metadata.engine_job_id
         if jid not in self.engine_jobs:
             return StopResult(engine_status="NOT_FOUND", message="nothing to cancel")
+        if request.mode is StopMode.CANCEL and not request.wait_for_end:
+            # As a real engine: the cancel is under way; the job ends a moment later, and the watcher says so.
+            self.engine_jobs[jid] = "CANCELED"
+            if self.cancel_end_pushed:
+                self.push(jid, "CANCELLING")
+                self.push(jid, "CANCELED")
+            else:
+                self._current[jid] = observation(jid, "CANCELED")
+            return StopResult(
+                engine_status="CANCELLING",
+                phase=EnginePhase.STOPPING,
+                message="cancel requested",
+                started_fields={"observedFlinkJobStatus": "CANCELLING"},
+            )
+        current = self._current.get(jid)
+        if request.mode is StopMode.CANCEL and current is not None and current.phase is EnginePhase.FAILED:
+            return StopResult(
+                engine_status="FAILED",
+                phase=EnginePhase.FAILED,
+                message="it failed before the cancel took effect: TaskManager lost",
+                started_fields={"observedFlinkJobStatus": "FAILED"},
+            )
         if request.mode is StopMode.CANCEL:
             self.engine_jobs[jid] = "CANCELED"
             return StopResult(

@@ -24,7 +24,7 @@ from tests.history import record
 from tests.waiting import asked_for_resources, final, wait_for, wait_state
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
 from workflows.deployment_target import DeploymentTargetWorkflow
-from workflows.job import JobWorkflow, search_attributes_for
+from workflows.job import CANCEL_PUSH_WAIT, JobWorkflow, search_attributes_for
 
 
 @dataclass
@@ -191,6 +191,67 @@ async def test_cancel_signal_in_started(harness: Harness) -> None:
     assert result.status.terminating.reason == "no longer needed"
     assert [s.mode for s in harness.engine.calls["stop"]] == ["CANCEL"]
     assert harness.engine.engine_jobs[jid(job)] == "CANCELED"
+
+
+async def test_watched_cancel_is_ended_by_the_watchers_push_without_a_stop_activity(harness: Harness) -> None:
+    job = new_job()
+    handle = await started(harness, job)
+    await handle.execute_update("cancel", {"reason": "done"}, result_type=RequestAnswer)
+    result = await final(handle)
+    assert result.status and result.status.state is JobState.TERMINATED
+    assert result.status.started and result.status.started.observed_flink_job_status == "CANCELED"
+    assert not result.status.failure
+    # One request, not waited for: the watcher's push ended the Job. No stop activity polled the engine job.
+    assert [(s.mode, s.wait_for_end) for s in harness.engine.calls["stop"]] == [("CANCEL", False)]
+    history = await handle.fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert "stop_job" not in scheduled
+    await record(handle, "flink_cancel_by_push")
+
+
+async def cancel_requested(harness: Harness) -> tuple[WorkflowHandle, Job]:
+    """A STARTED Job cancelled; the engine job cancelling, and no push of its end on its way."""
+    harness.engine.cancel_end_pushed = False
+    job = new_job()
+    handle = await started(harness, job)
+    await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+    status = await wait_for(
+        handle,
+        lambda s: s.started is not None and s.started.observed_flink_job_status == "CANCELLING",
+        "the cancel requested",
+    )
+    assert status.state is JobState.TERMINATING
+    return handle, job
+
+
+async def test_watched_cancel_without_a_push_in_time_falls_back_to_the_stop_activity(
+    own_time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """The watcher is down: the stop activity requests the cancel again and watches the engine job itself."""
+    engine = ScriptedEngine()
+    engine.reclaim_interval_seconds = 3600  # the ledger's looks for leaked leases, while time skips
+    async with scripted_harness(own_time_skipping_env, engine, "no-push") as harness:
+        handle, _ = await cancel_requested(harness)
+        await own_time_skipping_env.sleep(CANCEL_PUSH_WAIT)
+        result = await final(handle)
+    assert [s.wait_for_end for s in engine.calls["stop"]] == [False, True]
+    assert result.status and result.status.state is JobState.TERMINATED
+    assert result.status.started and result.status.started.observed_flink_job_status == "CANCELED"
+
+
+async def test_watched_cancel_whose_push_says_failed_reads_the_end_from_the_stop_activity(harness: Harness) -> None:
+    """Pushes carry no engine error text: the stop activity reads how the engine job failed."""
+    handle, job = await cancel_requested(harness)
+    harness.engine.push(jid(job), "FAILED")
+    result = await final(handle)
+    assert [s.wait_for_end for s in harness.engine.calls["stop"]] == [False, True]
+    assert result.status and result.status.state is JobState.FAILED
+    assert result.status.failure and result.status.failure.reason == "ENGINE_JOB_FAILED_WHILE_STOPPING"
+    assert "TaskManager lost" in result.status.failure.message
 
 
 async def test_drain_update_records_the_savepoint(harness: Harness) -> None:

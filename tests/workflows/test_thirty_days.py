@@ -7,18 +7,14 @@ day costs a few dozen events, and each run continues as new after a few hundred.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from jobctl.models import JobStatus, RequestAnswer
 from jobctl.states import JobState
-from tests.conftest import register_search_attributes, venv_binary
 from tests.history import record
 from tests.waiting import final, wait_for
 from tests.workflows.scripted_engine import ScriptedEngine, new_job
@@ -27,20 +23,6 @@ from workflows.job import MAX_RUN_EVENTS
 
 DAYS = 30
 EVENTS_PER_DAY_GOAL = 50
-
-
-@pytest.fixture
-async def month_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of its own: skipping 30 days on the shared one would also fire every timer
-    other tests left running (their ledgers look for leaked leases every 2 s)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=venv_binary("temporal-test-server"), data_converter=pydantic_data_converter
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
 
 
 async def runs_of(handle: WorkflowHandle, first_run_id: str) -> list[int]:
@@ -56,12 +38,14 @@ async def runs_of(handle: WorkflowHandle, first_run_id: str) -> list[int]:
     return sizes
 
 
-async def test_a_job_watched_for_thirty_days_keeps_its_history_bounded(month_env: WorkflowEnvironment) -> None:
+async def test_a_job_watched_for_thirty_days_keeps_its_history_bounded(
+    own_time_skipping_env: WorkflowEnvironment,
+) -> None:
     engine = ScriptedEngine()
     # The ledger looks for leaked leases once a day here (every 2 s of 30 days would be 1.3 million looks).
     engine.reclaim_interval_seconds = 86_400
-    async with scripted_harness(month_env, engine, "month") as harness:
-        await watched_for_a_month(harness, month_env)
+    async with scripted_harness(own_time_skipping_env, engine, "month") as harness:
+        await watched_for_a_month(harness, own_time_skipping_env)
 
 
 async def watched_for_a_month(harness: Harness, time_skipping_env: WorkflowEnvironment) -> tuple[list[int], float]:
