@@ -15,11 +15,12 @@ import yaml
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import ActivityEnvironment
 
 from activities.job import JobActivities
 from jobctl.client import start_job
 from jobctl.dataflow_emulator import EmulatorServer, emulator_clients, serve
-from jobctl.engine import ASK
+from jobctl.engine import ASK, HolderList
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
 from jobctl.states import JobState
@@ -353,3 +354,25 @@ async def asked_by_signal(ledger: WorkflowHandle) -> set[str]:
             if signaled.signal_name == "ask":
                 asked.add(json.loads(signaled.input.payloads[0].data)["jobId"])
     return asked
+
+
+async def test_leases_of_closed_jobs_are_found_among_hundreds_of_holders(client: Client) -> None:
+    """The ledger's look for leases to reclaim: a running Job keeps its lease wherever it is in a long list of
+    holders (listed by visibility, a hundred per query); ended, terminated and unknown ones are reported."""
+    running = await start(client, dataflow_job("holder-running", STREAMING))
+    await wait_state(running, JobState.STARTED)
+    finished = await start(client, dataflow_job("holder-finished", BATCH))
+    await wait_state(finished, JobState.FINISHED)
+    terminated = await start(client, dataflow_job("holder-terminated", STREAMING))
+    await wait_state(terminated, JobState.STARTED)
+    await terminated.terminate("an operator terminated it")
+    unknown = [f"job-never-started-{i}" for i in range(120)]
+    holders = [*unknown[:110], running.id, finished.id, *unknown[110:], terminated.id]
+    activities = JobActivities(DeploymentTargets([]))
+    try:
+        closed = await ActivityEnvironment(client=client).run(activities.closed_holders, HolderList(holders=holders))
+    finally:
+        await activities.close()
+    assert sorted(closed.holders) == sorted([*unknown, finished.id, terminated.id])
+    await running.signal("cancel", {})
+    assert (await result(running)).status.state is JobState.TERMINATED
