@@ -467,7 +467,16 @@ class FlinkSurvey:
         for jid, row in rows.items():
             key = (row.get("state"), row.get("last-modification"))
             job_id = job_id_of(jid)
-            if job_id is None or lookups >= self._max_lookups:
+            if job_id is None:
+                continue
+            seen = self._seen.get(jid)
+            state = str(row.get("state"))
+            if seen is not None and seen.observation.engine_status != state:
+                # The overview row tells a new state at once; its details (restarts) follow as the budget allows.
+                # Waiting for the look instead delayed a change by up to a minute when a dozen jobs changed at
+                # once: each costs several looks of 3 requests, at 4 requests per second per target.
+                self._seen[jid] = Sighting(job_id, _observation(jid, state, seen.observation.restarts))
+            if lookups >= self._max_lookups:
                 continue
             if self._rows.get(jid) == key and not self._settling.get(jid):
                 continue
@@ -483,9 +492,11 @@ class FlinkSurvey:
             if obs.phase is EnginePhase.UNKNOWN:
                 continue  # this one job could not be read just now: the next tick tries again
             self._rows[jid] = key
-            self._seen[jid] = Sighting(job_id, obs)
-            if obs.engine_status == row.get("state"):
+            if obs.engine_status == state or jid not in self._seen:
+                self._seen[jid] = Sighting(job_id, obs)
+            if obs.engine_status == state:
                 self._settling[jid] -= 1
+            # else: the details still lag the overview (Flink's cache); keep the overview's state, look again.
             if self._settling[jid] <= 0:
                 del self._settling[jid]
         for jid in [j for j in self._seen if j not in rows]:
