@@ -473,10 +473,17 @@ class Bench:
                 await asyncio.sleep(0.2)
             latencies = await asyncio.gather(*tasks)
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        # Per engine too: their watchers survey differently (Dataflow: a request per page of active jobs).
+        dataflow, flink = latencies[: len(changed)], latencies[len(changed) :]
+        by_engine = "; ".join(
+            f"{name} p50 {percentile(values, 50):.2f} s, p99 {percentile(values, 99):.2f} s"
+            for name, values in (("Dataflow", dataflow), ("Flink", flink))
+            if values
+        )
         self.figures.add(
             "engine state change -> Job status and JobState search attribute",
             "p50 <= 1 s, p99 <= 3 s",
-            f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(latencies):.2f} s ({len(latencies)} changes)",
+            f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(latencies):.2f} s ({len(latencies)} changes; {by_engine})",
             p50 <= 1 and p99 <= 3,
         )
 
@@ -499,20 +506,14 @@ class Bench:
     # 4. history per day ---------------------------------------------------------------------------------
 
     async def history_per_day(self) -> None:
-        from temporalio.testing import WorkflowEnvironment
-
-        from tests.conftest import register_search_attributes, venv_binary
+        from tests.conftest import time_skipping_server
         from tests.workflows.scripted_engine import ScriptedEngine
         from tests.workflows.test_job_workflow import Harness
         from tests.workflows.test_thirty_days import watched_for_a_month
         from workflows.deployment_target import DeploymentTargetWorkflow
         from workflows.job import JobWorkflow
 
-        env = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=venv_binary("temporal-test-server"), data_converter=pydantic_data_converter
-        )
-        try:
-            await register_search_attributes(env.client)
+        async with time_skipping_server() as env:
             engine = ScriptedEngine()
             engine.reclaim_interval_seconds = 86_400
             async with Worker(
@@ -522,8 +523,6 @@ class Bench:
                 activities=engine.activities(),
             ):
                 sizes, per_day = await watched_for_a_month(Harness(env.client, "month", engine), env)
-        finally:
-            await env.shutdown()
         self.figures.add(
             "history events per STARTED Job per day",
             "<= 50 (naive polling: ~100,000)",
