@@ -397,24 +397,33 @@ class JobWorkflow:
             return durable()
 
         async def quick_then_durable() -> Any:
-            try:
-                return await workflow.execute_local_activity(
-                    activity,
-                    arg,
-                    result_type=result_type,
-                    start_to_close_timeout=quick_timeout or timeout,
-                    retry_policy=_QUICK_ATTEMPT,
-                    summary=summary,
-                )
-            except FailureError as err:
-                if _is_cancellation(err):
-                    raise
-                # Whatever failed (the SDK raises a local activity's own error, not an ActivityError): the
-                # regular activity tries again, and fails for good at once where retrying cannot help, so
-                # a Job fails with the same reason however its step ran.
-            return await durable()
+            done, result = await self._once_locally(activity, arg, quick_timeout or timeout, summary, result_type)
+            # Whatever failed, the regular activity tries again, and fails for good at once where retrying cannot
+            # help, so a Job fails with the same reason however its step ran.
+            return result if done else await durable()
 
         return asyncio.create_task(quick_then_durable())
+
+    async def _once_locally(
+        self, activity: str, arg: Any, timeout: timedelta, summary: str, result_type: type | None = None
+    ) -> tuple[bool, Any]:
+        """One attempt as a local activity, recorded in this workflow task: (True, its result), or (False, None)
+        when it failed for any reason (the SDK raises a local activity's own error, not an ActivityError) but
+        the cancellation of this workflow task's own work, which is raised."""
+        try:
+            return True, await workflow.execute_local_activity(
+                activity,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=timeout,
+                retry_policy=_QUICK_ATTEMPT,
+                summary=summary,
+            )
+        except FailureError as err:
+            if _is_cancellation(err):
+                raise
+            workflow.logger.info("Job %s: %s failed at its quick attempt: %s", self._job.metadata.id, summary, err)
+            return False, None
 
     async def _tell_ledger(self, signal: str) -> None:
         """Signal the Deployment Target's ledger about this Job (confirm, release)."""
@@ -423,19 +432,14 @@ class JobWorkflow:
             return
         if self._patched(QUICK_STEPS_PATCH):
             # From the worker, in this workflow task; should that fail, by the external signal below.
-            try:
-                await workflow.execute_local_activity(
-                    engine.TELL_LEDGER,
-                    LedgerMessage(ledger_workflow_id=ledger_id, signal=signal, job_id=self._job.metadata.id),
-                    start_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=_QUICK_ATTEMPT,
-                    summary=f"{signal} on Deployment Target {self._job.spec.deployment_target_name}",
-                )
+            done, _ = await self._once_locally(
+                engine.TELL_LEDGER,
+                LedgerMessage(ledger_workflow_id=ledger_id, signal=signal, job_id=self._job.metadata.id),
+                timedelta(seconds=10),
+                f"{signal} on Deployment Target {self._job.spec.deployment_target_name}",
+            )
+            if done:
                 return
-            except FailureError as err:
-                if _is_cancellation(err):
-                    raise
-                workflow.logger.info("Job %s tells its ledger %s by signal: %s", self._job.metadata.id, signal, err)
         try:
             await workflow.get_external_workflow_handle(ledger_id).signal(signal, JobRef(job_id=self._job.metadata.id))
         except Exception as err:  # the ledger is gone (an operator terminated it): it holds nothing of ours
@@ -549,12 +553,14 @@ class JobWorkflow:
         self._take(checked)
 
     def _take(self, obs: Observation) -> None:
-        """Apply an observation unless it is about another engine job, older than what we have, or no news."""
-        last = self._last_observation
-        if obs.engine_job_id != self._status.engine_job_id or (last and obs.observed_at < last.observed_at):
-            return
-        if obs.differs_from(last):
+        """Apply an observation unless it is stale (see _stale) or no news."""
+        if not self._stale(obs) and obs.differs_from(self._last_observation):
             self._apply(obs)
+
+    def _stale(self, obs: Observation) -> bool:
+        """About another engine job (an earlier one of this Job), or older than the observation we hold."""
+        last = self._last_observation
+        return obs.engine_job_id != self._status.engine_job_id or bool(last and obs.observed_at < last.observed_at)
 
     @workflow.signal(name=engine.OBSERVED, description="From the Deployment Target's watcher: the engine job changed.")
     def engine_observed(self, obs: Observation) -> None:
@@ -672,27 +678,20 @@ class JobWorkflow:
         once: a thousand pollers on one engine API) and cost the Job a workflow task of its own, while the
         watcher pushes the same end anyway.
         """
-        try:
-            asked: StopResult = await workflow.execute_local_activity(
-                engine.STOP,
-                StopInput(
-                    metadata=self._job.metadata,
-                    spec=self._job.spec,
-                    engine_job_id=self._status.engine_job_id,
-                    mode=StopMode.CANCEL,
-                    wait_for_end=False,
-                ),
-                result_type=StopResult,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_QUICK_ATTEMPT,
-                summary="request the cancel of the engine job",
-            )
-        except FailureError as err:
-            if _is_cancellation(err):
-                raise
-            workflow.logger.info(
-                "Job %s: the quick cancel request failed (%s); the stop activity takes over", self._job.metadata.id, err
-            )
+        done, asked = await self._once_locally(
+            engine.STOP,
+            StopInput(
+                metadata=self._job.metadata,
+                spec=self._job.spec,
+                engine_job_id=self._status.engine_job_id,
+                mode=StopMode.CANCEL,
+                wait_for_end=False,
+            ),
+            timedelta(seconds=30),
+            "request the cancel of the engine job",
+            StopResult,
+        )
+        if not done:
             return False
         if asked.phase in ENDED_PHASES:
             await self._finish_request(request, asked)
@@ -712,8 +711,7 @@ class JobWorkflow:
             if self._news is None:
                 return False  # no push in time (the watcher is down or behind)
             news, self._news = self._news, None
-            last = self._last_observation
-            if news.engine_job_id != self._status.engine_job_id or (last and news.observed_at < last.observed_at):
+            if self._stale(news):
                 continue
             if news.phase is EnginePhase.FAILED:
                 # The push carries no error text (see _await_news); the stop activity reads how it ended.
