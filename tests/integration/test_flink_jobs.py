@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,12 +20,13 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 
 from activities.job import JobActivities
 from jobctl.client import start_job
 from jobctl.flink_cluster import FlinkCluster
 from jobctl.ledger import Ledger
-from jobctl.models import Job, JobStatus, RequestAnswer
+from jobctl.models import Job, JobStatus, RequestAnswer, workflow_id_for
 from jobctl.settings import Settings
 from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
@@ -70,6 +71,34 @@ async def client(dev_server: TemporalDevServer, targets_file: Path) -> AsyncIter
     async with build_worker(client, activities, TASK_QUEUE):
         yield client
     await activities.close()
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def leaves_the_cluster_empty(client: Client, flink_cluster: FlinkCluster) -> AsyncIterator[None]:
+    """After each test, cancel what it left running on Deployment Target `local` and on the cluster.
+
+    The tests share one 4-slot cluster and one ledger. A test that fails midway leaves its Jobs holding
+    slots, and every later test would then fail waiting for them: this keeps a failure to its own test."""
+    yield
+    try:
+        ledger = await client.get_workflow_handle("deployment-target-local").query("ledger", result_type=Ledger)
+        left = [*ledger.leases, *(ask.job_id for ask in ledger.queue)]
+    except RPCError:  # no Job of this session has used Deployment Target `local` yet
+        left = []
+    for job_id in left:
+        handle = client.get_workflow_handle(workflow_id_for(job_id))
+        try:
+            await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+        except Exception:  # noqa: BLE001 - it may have ended meanwhile; the ledger check below tells
+            pass
+    overview = await flink_get(flink_cluster, "/jobs/overview")
+    running = [j["jid"] for j in overview["jobs"] if j["state"] not in ("FINISHED", "CANCELED", "FAILED")]
+    async with httpx.AsyncClient(base_url=flink_cluster.rest_url, timeout=10) as http:
+        for jid in running:
+            await http.patch(f"/jobs/{jid}", params={"mode": "cancel"})
+    if left or running:
+        await wait_ledger(client, "deployment-target-local", all_released, "every lease released", timeout=120)
+        await wait_cluster(flink_cluster, lambda o: o["slots-available"] == o["slots-total"], "every slot free")
 
 
 def flink_job(jar: Path, *args: str, parallelism: int = 1, name: str = "it") -> Job:
@@ -280,7 +309,11 @@ async def jobctl(dev_server: TemporalDevServer, *args: str) -> tuple[int, str, s
 
 
 async def flink_run_outside_jobctl(cluster: FlinkCluster, jar: Path, parallelism: int) -> str:
-    """Run a job on the cluster directly, as another team sharing the cluster would."""
+    """Run a job on the cluster directly, as another team sharing the cluster would, and return once the
+    cluster's /overview counts its slots as taken.
+
+    /jars/run answers when the job is submitted, before its slots are allocated, and Flink caches /overview
+    for a few seconds: without the wait, jobctl can read the slots as still free (a race CI hit)."""
     async with httpx.AsyncClient(base_url=cluster.rest_url, timeout=60) as http:
         with jar.open("rb") as f:
             uploaded = await http.post("/jars/upload", files={"jarfile": (jar.name, f)})
@@ -289,7 +322,23 @@ async def flink_run_outside_jobctl(cluster: FlinkCluster, jar: Path, parallelism
             f"/jars/{jar_id}/run", json={"entryClass": "example.Job", "programArgsList": [], "parallelism": parallelism}
         )
         assert run.status_code == 200, run.text
-        return run.json()["jobid"]
+    await wait_cluster(cluster, lambda o: o["slots-total"] - o["slots-available"] >= parallelism, "slots taken")
+    return run.json()["jobid"]
+
+
+async def wait_cluster(
+    cluster: FlinkCluster, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll Flink's /overview until `check` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    overview: dict[str, Any] = {}
+    while loop.time() < deadline:
+        overview = await flink_get(cluster, "/overview")
+        if check(overview):
+            return overview
+        await asyncio.sleep(0.2)
+    pytest.fail(f"the Flink cluster never showed {what} within {timeout}s; last /overview: {overview}")
 
 
 async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_order(
