@@ -83,6 +83,8 @@ class Observation(Model):
         """True if this observation is news for the Job's status (timestamps alone are not)."""
         if other is None:
             return True
+        if other is self:  # a watcher's survey hands back the same observation while a job is unchanged
+            return False
         keys = ("engine_job_id", "phase", "engine_status", "restarts", "failure_message", "started_fields", "refuses")
         return any(getattr(self, k) != getattr(other, k) for k in keys)
 
