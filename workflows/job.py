@@ -16,7 +16,7 @@ observe with a long-poll activity that returns when the engine job changed.)
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -126,7 +126,12 @@ GENERATIONS = (
     # A watched Job's cancel is requested in the Job's own workflow task (a local activity), and the
     # watcher's push of the engine job's end ends the Job: no stop activity polling each engine job.
     "job-workflow-2026-11-23",
+    # A watched Job keeps one check timer until it fires, instead of cancelling it and starting a new one on
+    # every push and every request (two events each, about ten of a lifecycle's 48).
+    "job-workflow-2026-11-23-check-timer",
 )
+# Generation 3 on: the running check timer (see _await_news_or_check).
+CHECK_TIMER_GENERATION = 3
 # Generation 2: how long a watched Job waits for the watcher's push that its engine job ended after the cancel
 # was requested, before the stop activity requests it again and watches the engine job itself.
 CANCEL_PUSH_WAIT = timedelta(minutes=2)
@@ -166,6 +171,10 @@ class JobWorkflow:
         self._last_observation: Observation | None = None
         # The newest observation the watcher pushed that the main loop has not taken yet.
         self._news: Observation | None = None
+        # Generation 3: the check timer that runs, and since when the Job has heard of its engine job (a push
+        # or its own check; the run's start before either). A check is due CHECK_SOON or CHECK_EVERY after it.
+        self._check_timer: asyncio.Future[None] | None = None
+        self._heard_at: datetime | None = None
         self._watched = False
         self._generation = 0  # the newest of GENERATIONS this run has (1-based; 0: none)
         # An update the engine carries out in place (Dataflow): its successor, and the request that
@@ -518,6 +527,9 @@ class JobWorkflow:
 
     async def _await_news(self) -> None:
         """Wait for the watcher's next push (or a request); check the engine job itself now and then."""
+        if self._generation >= CHECK_TIMER_GENERATION:
+            await self._await_news_or_check()
+            return
         try:
             await workflow.wait_condition(
                 lambda: self._news is not None or self._request_to_carry_out() or self._in_place_successor_ended(),
@@ -527,14 +539,48 @@ class JobWorkflow:
         except TimeoutError:
             await self._check_engine_job()
             return
-        if self._news is not None:
-            news, self._news = self._news, None
-            if news.phase is EnginePhase.FAILED and news.failure_message is None:
-                # The watcher sends no engine error texts (they may quote the Job's secret parameters, and
-                # signals pass no scrubbing): the Job's own look reads the root cause, scrubbed.
+        await self._take_news()
+
+    async def _await_news_or_check(self) -> None:
+        """_await_news with one check timer kept until it fires. Never cancelled: a timer that fires after the
+        Job ended costs nothing, and cancelled timers strand workflows on the time-skipping test server
+        (temporalio/sdk-java#3088). A timer that fires early (news came meanwhile) starts one for the rest."""
+        now = workflow.now()
+        if self._heard_at is None:
+            self._heard_at = now
+        due = self._heard_at + (CHECK_SOON if self._last_observation is None else CHECK_EVERY)
+        if self._check_timer is not None and self._check_timer.done():
+            self._check_timer = None
+            if now >= due:
                 await self._check_engine_job()
-            else:
-                self._take(news)
+                self._heard_at = workflow.now()
+                return
+        if self._check_timer is None:
+            wait = max(due - now, timedelta(seconds=1))
+            self._check_timer = asyncio.ensure_future(workflow.sleep(wait, summary="check the engine job"))
+        timer = self._check_timer
+        await workflow.wait_condition(
+            lambda: (
+                self._news is not None
+                or self._request_to_carry_out()
+                or self._in_place_successor_ended()
+                or timer.done()
+            )
+        )
+        if self._news is not None:
+            self._heard_at = workflow.now()
+            await self._take_news()
+
+    async def _take_news(self) -> None:
+        if self._news is None:
+            return
+        news, self._news = self._news, None
+        if news.phase is EnginePhase.FAILED and news.failure_message is None:
+            # The watcher sends no engine error texts (they may quote the Job's secret parameters, and
+            # signals pass no scrubbing): the Job's own look reads the root cause, scrubbed.
+            await self._check_engine_job()
+        else:
+            self._take(news)
 
     async def _check_engine_job(self) -> None:
         """One look at the engine job through the observe activity (no waiting for news)."""
