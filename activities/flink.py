@@ -19,7 +19,7 @@ from aiolimiter import AsyncLimiter
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.watch import EngineUnreachable, Sighting, Wanted
+from activities.watch import LARGEST_ACQUIRE, EngineUnreachable, Sighting, Wanted
 from jobctl.engine import Grant, Observation, ObserveInput, StopInput, StopMode, StopResult, Submission, SubmitInput
 from jobctl.models import JobMetadata, JobSpec
 from jobctl.states import ENDED_PHASES, EnginePhase, flink_phase
@@ -433,6 +433,8 @@ class FlinkEngine:
 
 # Looks at a job after its overview row changed: covers Flink's 3 s cache of job details at 1 s per tick.
 SETTLE_TICKS = 4
+# Requests one look at a job costs: the job, its restarts metric, and (if failed) its exceptions.
+LOOK_REQUESTS = LARGEST_ACQUIRE
 
 
 class FlinkSurvey:
@@ -476,7 +478,7 @@ class FlinkSurvey:
                 # Waiting for the look instead delayed a change by up to a minute when a dozen jobs changed at
                 # once: each costs several looks of 3 requests, at 4 requests per second per target.
                 self._seen[jid] = Sighting(job_id, _observation(jid, state, seen.observation.restarts))
-            if lookups >= self._max_lookups:
+            if not self._may_look(lookups):
                 continue
             if self._rows.get(jid) == key and not self._settling.get(jid):
                 continue
@@ -506,14 +508,20 @@ class FlinkSurvey:
                 self._rows.pop(jid, None)
                 self._settling.pop(jid, None)
                 continue
-            if lookups >= self._max_lookups:
+            if not self._may_look(lookups):
                 continue
             lookups += 1
             self._seen[jid] = Sighting(self._seen[jid].job_id, await self._look(jid))
         return list(self._seen.values())
 
+    def _may_look(self, lookups: int) -> bool:
+        """One look per tick, and more only if the budget has room for them now: the watcher pushes what a
+        tick found when it returns, so a tick that waited for budget held back the new states the overview
+        told (sixteen jobs cancelled together waited 7 s at the median). Looks left over go next tick."""
+        return lookups < self._max_lookups and (lookups == 0 or self._budget.has_capacity(LOOK_REQUESTS))
+
     async def _look(self, jid: str) -> Observation:
-        await self._budget.acquire(3)  # the job, its restarts metric, and (if failed) its exceptions
+        await self._budget.acquire(LOOK_REQUESTS)
         last = self._seen.get(jid)
         return await self._flink.look(self._target, jid, last.observation if last else None)
 

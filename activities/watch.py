@@ -60,9 +60,17 @@ class Survey(Protocol):
         ...
 
 
+# The most requests a survey takes from the budget at once (a look at one Flink job).
+LARGEST_ACQUIRE = 3
+
+
 def limiter(requests_per_second: float) -> AsyncLimiter:
-    """A target's budget of engine requests, shared by everything its watcher sends."""
-    return AsyncLimiter(max(1.0, requests_per_second), 1.0)
+    """A target's budget of engine requests, shared by everything its watcher sends. Its bucket holds at least
+    LARGEST_ACQUIRE requests (at the same rate): below that, aiolimiter refused the look at a Flink job with a
+    ValueError, and a watcher with a budget of 1 or 2 requests per second failed every tick."""
+    rate = max(1.0, requests_per_second)
+    burst = max(rate, LARGEST_ACQUIRE)
+    return AsyncLimiter(burst, burst / rate)
 
 
 class Watcher:

@@ -80,3 +80,36 @@ async def test_restarts_follow_from_the_look_once_the_details_catch_up() -> None
         (seen,) = await survey.tick(everyone)
         assert seen.observation.engine_status == "RESTARTING"
         assert seen.observation.started_fields["observedFlinkJobStatus"] == "RESTARTING"
+
+
+async def settled(flink: ScriptedFlink, survey: FlinkSurvey) -> None:
+    for _ in range(40):  # every job seen and settled, on a budget that never waits
+        await survey.tick(everyone)
+    assert states(await survey.tick(everyone)) == dict.fromkeys(flink.jids, "RUNNING")
+
+
+async def test_a_tick_looks_only_as_far_as_the_budget_allows_now_so_new_states_go_out_at_once() -> None:
+    flink = ScriptedFlink(jobs=16)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(flink.handle)) as http:
+        survey = FlinkSurvey(FlinkEngine(http, poll_interval=0.01), TARGET, limiter(1000))
+        await settled(flink, survey)
+        survey._budget = limiter(4)  # the default budget, full: 4 requests now, 4 more each second
+
+        flink.overview = dict.fromkeys(flink.jids, "CANCELED")
+        flink.requests.clear()
+        reported = await survey.tick(everyone)
+        # Every new state, in a tick that did not wait for budget: the overview and one look (3 requests).
+        # Before, it looked at 8 jobs, waiting about 5 s for budget, before the watcher could push anything.
+        assert states(reported) == dict.fromkeys(flink.jids, "CANCELED")
+        assert flink.requests.count("/jobs/overview") == 1
+        assert len(flink.requests) <= 4
+
+
+async def test_a_budget_below_one_look_still_looks() -> None:
+    flink = ScriptedFlink(jobs=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(flink.handle)) as http:
+        # 1 request per second (the lowest JOBCTL_ENGINE_REQUESTS_PER_SECOND), and a look takes 3 at once:
+        # this used to fail every tick with aiolimiter's ValueError.
+        survey = FlinkSurvey(FlinkEngine(http, poll_interval=0.01), TARGET, limiter(1))
+        reported = await survey.tick(everyone)
+        assert [(s.observation.engine_status, s.observation.restarts) for s in reported] == [("RUNNING", 0)]
