@@ -127,7 +127,7 @@ GENERATIONS = (
     # watcher's push of the engine job's end ends the Job: no stop activity polling each engine job.
     "job-workflow-2026-11-23",
     # A watched Job keeps one check timer until it fires, instead of cancelling it and starting a new one on
-    # every push and every request (two events each, about ten of a lifecycle's 48).
+    # every push and every request (two events each: a Dataflow lifecycle writes 43 events, not 48).
     "job-workflow-2026-11-23-check-timer",
 )
 # Generation 3 on: the running check timer (see _await_news_or_check).
