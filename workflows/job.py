@@ -126,8 +126,8 @@ GENERATIONS = (
     # A watched Job's cancel is requested in the Job's own workflow task (a local activity), and the
     # watcher's push of the engine job's end ends the Job: no stop activity polling each engine job.
     "job-workflow-2026-11-23",
-    # A watched Job keeps one check timer until it fires, instead of cancelling it and starting a new one on
-    # every push and every request (two events each: a Dataflow lifecycle writes 43 events, not 48).
+    # A watched Job keeps its check timer until it fires, instead of cancelling it and starting a new one on
+    # every push and every request (two events each); only the early check is cancelled, at the first news.
     "job-workflow-2026-11-23-check-timer",
 )
 # Generation 3 on: the running check timer (see _await_news_or_check).
@@ -174,6 +174,7 @@ class JobWorkflow:
         # Generation 3: the check timer that runs, and since when the Job has heard of its engine job (a push
         # or its own check; the run's start before either). A check is due CHECK_SOON or CHECK_EVERY after it.
         self._check_timer: asyncio.Future[None] | None = None
+        self._check_timer_soon = False  # the timer runs for CHECK_SOON (no observation yet)
         self._heard_at: datetime | None = None
         self._watched = False
         self._generation = 0  # the newest of GENERATIONS this run has (1-based; 0: none)
@@ -542,13 +543,20 @@ class JobWorkflow:
         await self._take_news()
 
     async def _await_news_or_check(self) -> None:
-        """_await_news with one check timer kept until it fires. Never cancelled: a timer that fires after the
-        Job ended costs nothing, and cancelled timers strand workflows on the time-skipping test server
-        (temporalio/sdk-java#3088). A timer that fires early (news came meanwhile) starts one for the rest."""
+        """_await_news with the check timer kept until it fires: a timer that fires after the Job ended costs
+        nothing, and each cancel costs two events (and cancelled timers strand workflows on the time-skipping
+        test server, temporalio/sdk-java#3088). Only the early check (CHECK_SOON) is cancelled, once, when the
+        first news comes. A timer that fires early (news came meanwhile) starts one for the rest."""
         now = workflow.now()
         if self._heard_at is None:
             self._heard_at = now
-        due = self._heard_at + (CHECK_SOON if self._last_observation is None else CHECK_EVERY)
+        soon = self._last_observation is None
+        due = self._heard_at + (CHECK_SOON if soon else CHECK_EVERY)
+        if self._check_timer is not None and self._check_timer_soon and not soon and not self._check_timer.done():
+            # The first news came: the early check is moot. Cancelled once, in the task that took the news;
+            # left running, it fired 30 s after every start and cost each Job a workflow task more.
+            self._check_timer.cancel()
+            self._check_timer = None
         if self._check_timer is not None and self._check_timer.done():
             self._check_timer = None
             if now >= due:
@@ -558,6 +566,7 @@ class JobWorkflow:
         if self._check_timer is None:
             wait = max(due - now, timedelta(seconds=1))
             self._check_timer = asyncio.ensure_future(workflow.sleep(wait, summary="check the engine job"))
+            self._check_timer_soon = soon
         timer = self._check_timer
         await workflow.wait_condition(
             lambda: (
