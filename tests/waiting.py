@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import pydantic
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
@@ -12,21 +14,43 @@ from jobctl.ledger import Ledger
 from jobctl.models import Job, JobStatus
 from jobctl.states import TERMINAL, JobState
 
+T = TypeVar("T")
+
+
+async def poll(
+    read: Callable[[], Awaitable[T]],
+    check: Callable[[T], bool],
+    failure: Callable[[T | None], str],
+    timeout: float = 60,
+    every: float = 0.1,
+) -> T:
+    """Read until `check` holds; fail after `timeout` seconds with `failure(the last value read)`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value: T | None = None
+    while loop.time() < deadline:
+        value = await read()
+        if check(value):
+            return value
+        await asyncio.sleep(every)
+    pytest.fail(failure(value))
+
+
+def _json(model: pydantic.BaseModel | None) -> str | None:
+    return model.model_dump_json(indent=1) if model else None
+
 
 async def wait_for(
     handle: WorkflowHandle, check: Callable[[JobStatus], bool], what: str, timeout: float = 60, every: float = 0.1
 ) -> JobStatus:
     """Poll the status query until `check` holds; fail after `timeout` seconds showing the last status."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    status: JobStatus | None = None
-    while loop.time() < deadline:
-        status = await handle.query("status", result_type=JobStatus)
-        if check(status):
-            return status
-        await asyncio.sleep(every)
-    shown = status.model_dump_json(indent=1) if status else None
-    pytest.fail(f"Job {handle.id} never reached {what} within {timeout}s; last status: {shown}")
+    return await poll(
+        lambda: handle.query("status", result_type=JobStatus),
+        check,
+        lambda last: f"Job {handle.id} never reached {what} within {timeout}s; last status: {_json(last)}",
+        timeout,
+        every,
+    )
 
 
 async def wait_state(handle: WorkflowHandle, state: JobState, timeout: float = 60, every: float = 0.1) -> JobStatus:
@@ -57,16 +81,12 @@ async def wait_ledger(
     A Job's status says TERMINATED before its release signal reaches the ledger, so a check right
     after a Job ends must wait for the ledger to catch up.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    ledger: Ledger | None = None
-    while loop.time() < deadline:
-        ledger = await client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger)
-        if check(ledger):
-            return ledger
-        await asyncio.sleep(0.1)
-    shown = ledger.model_dump_json(indent=1) if ledger else None
-    pytest.fail(f"ledger {ledger_id} never reached {what} within {timeout}s; last: {shown}")
+    return await poll(
+        lambda: client.get_workflow_handle(ledger_id).query("ledger", result_type=Ledger),
+        check,
+        lambda last: f"ledger {ledger_id} never reached {what} within {timeout}s; last: {_json(last)}",
+        timeout,
+    )
 
 
 def all_released(ledger: Ledger) -> bool:

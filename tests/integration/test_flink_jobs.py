@@ -33,7 +33,7 @@ from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port, temporal_cli
 from tests import jobs
 from tests.history import record
-from tests.waiting import all_released, asked_for_resources, wait_for, wait_ledger, wait_state
+from tests.waiting import all_released, asked_for_resources, poll, wait_for, wait_ledger, wait_state
 from worker.main import build_worker
 
 pytestmark = pytest.mark.integration
@@ -330,15 +330,13 @@ async def wait_cluster(
     cluster: FlinkCluster, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60
 ) -> dict[str, Any]:
     """Poll Flink's /overview until `check` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    overview: dict[str, Any] = {}
-    while loop.time() < deadline:
-        overview = await flink_get(cluster, "/overview")
-        if check(overview):
-            return overview
-        await asyncio.sleep(0.2)
-    pytest.fail(f"the Flink cluster never showed {what} within {timeout}s; last /overview: {overview}")
+    return await poll(
+        lambda: flink_get(cluster, "/overview"),
+        check,
+        lambda last: f"the Flink cluster never showed {what} within {timeout}s; last /overview: {last}",
+        timeout,
+        every=0.2,
+    )
 
 
 async def test_more_jobs_than_slots_run_up_to_capacity_and_the_rest_start_in_order(
