@@ -22,6 +22,7 @@ from workflows.target_watch import DeploymentTargetWatchWorkflow
 # tests/histories/v5/: recorded before one marker (CURRENT_PATCH) stood for every patch of a new run.
 # tests/histories/v6/: recorded before a watched Job's cancel was ended by the watcher's push (generation 2).
 # tests/histories/v7/: recorded before a watched Job kept one check timer until it fires (generation 3).
+# tests/histories/v8/: recorded before the ask for Deployment Target resources was a quick step (generation 4).
 STORED = sorted(HISTORIES.rglob("*.json"))
 
 # The paths the stored histories must cover; adding a path means recording its history too.

@@ -129,9 +129,14 @@ GENERATIONS = (
     # A watched Job keeps its check timer until it fires, instead of cancelling it and starting a new one on
     # every push and every request (two events each); only the early check is cancelled, at the first news.
     "job-workflow-2026-11-23-check-timer",
+    # The ask for Deployment Target resources is a quick step too: asked in the Job's first workflow task, a
+    # grant at once lets the Job submit in that same task (a workflow task and an activity less per start).
+    "job-workflow-2026-11-23-quick-ask",
 )
 # Generation 3 on: the running check timer (see _await_news_or_check).
 CHECK_TIMER_GENERATION = 3
+# Generation 4 on: the ask is a quick step (see _acquire_lease).
+QUICK_ASK_GENERATION = 4
 # Generation 2: how long a watched Job waits for the watcher's push that its engine job ended after the cancel
 # was requested, before the stop activity requests it again and watches the engine job itself.
 CANCEL_PUSH_WAIT = timedelta(minutes=2)
@@ -306,23 +311,30 @@ class JobWorkflow:
         spec = self._job.spec
         self._status.starting_message = f"asking Deployment Target {spec.deployment_target_name} for resources"
         self._publish()
-        # A regular activity, not a quick step: an ask may wait seconds for its turn and for the ledger's
-        # answer, and a local activity would hold the Job's workflow task (and a worker's slot) open meanwhile.
-        receipt: AskReceipt | None = await self._unless_stopped(
-            workflow.start_activity(
+        ask = AskInput(
+            job_id=self._job.metadata.id,
+            holder=workflow.info().workflow_id,
+            spec=spec,
+            takes_over=self._status.links.predecessor_job_id,
+        )
+        summary = f"queue on Deployment Target {spec.deployment_target_name}"
+        if self._generation >= QUICK_ASK_GENERATION:
+            # A quick step: the ledger mostly answers within a fraction of a second, and a grant lets the Job
+            # submit in this same workflow task. The Job's task stays open while the ledger answers (the SDK
+            # keeps it alive past its timeout); a request that comes meanwhile is taken when the ask returns.
+            # Asking twice (the regular activity after a failed quick attempt) queues the Job once.
+            task = self._step(engine.ASK, ask, result_type=AskReceipt, timeout=timedelta(seconds=20), summary=summary)
+        else:
+            # Generations before 4: a regular activity (a workflow task of its own, and an activity task).
+            task = workflow.start_activity(
                 engine.ASK,
-                AskInput(
-                    job_id=self._job.metadata.id,
-                    holder=workflow.info().workflow_id,
-                    spec=spec,
-                    takes_over=self._status.links.predecessor_job_id,
-                ),
+                ask,
                 result_type=AskReceipt,
                 start_to_close_timeout=timedelta(seconds=20),
                 retry_policy=_RETRY_FOREVER,
-                summary=f"queue on Deployment Target {spec.deployment_target_name}",
+                summary=summary,
             )
-        )
+        receipt: AskReceipt | None = await self._unless_stopped(task)
         if receipt is None:
             return False
         self._ledger_id = receipt.ledger_workflow_id

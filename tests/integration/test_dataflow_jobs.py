@@ -20,7 +20,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.job import JobActivities
 from jobctl.client import start_job
 from jobctl.dataflow_emulator import EmulatorServer, emulator_clients, serve
-from jobctl.engine import ASK, HolderList
+from jobctl.engine import ASK, SUBMIT, HolderList
 from jobctl.models import Job, JobStatus, RequestAnswer
 from jobctl.settings import Settings
 from jobctl.states import JobState
@@ -30,8 +30,9 @@ from tests import jobs
 from tests.history import record
 from tests.integration.conftest import EMULATOR_TIMINGS
 from tests.jobs import BATCH, STREAMING
-from tests.waiting import asked_for_resources, wait_for, wait_state
+from tests.waiting import asked_for_resources, poll, wait_for, wait_state
 from worker.main import build_worker
+from workflows.job import JOB_STATE
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +122,39 @@ async def test_launch_to_started_then_drain_to_terminated(client: Client, emulat
     assert observed(final.status) == "JOB_STATE_DRAINED"
     await record(handle, "real_dataflow_drain")
     assert emulator.model.jobs[jid].state.name == "JOB_STATE_DRAINED"
+
+
+async def test_a_job_granted_at_once_asks_and_submits_in_its_first_workflow_task(client: Client) -> None:
+    """Generation 4: the ask for resources is a quick step, answered by the ledger at once when the target has
+    room, so the Job asks and submits in its first workflow task and runs no regular activity to start: a
+    workflow task and an activity less per start than when the ask was a regular activity."""
+    job = dataflow_job("first-task", STREAMING)
+    handle = await start(client, job)
+    # Waiting by the JobState search attribute, not the status query: a query that arrives while the Job's
+    # first workflow task waits for its quick steps makes the SDK complete that task early to answer it.
+    await poll(
+        handle.describe,
+        lambda d: d.typed_search_attributes.get(JOB_STATE) == "STARTED",
+        lambda d: f"Job {handle.id} never showed JobState STARTED; last: {d and d.typed_search_attributes}",
+    )
+    events = [event async for event in handle.fetch_history_events()]
+    await handle.execute_update("cancel", {}, result_type=RequestAnswer)
+    assert (await result(handle)).status.state is JobState.TERMINATED  # type: ignore[union-attr]
+    completed = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
+    scheduled = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED]
+    first_task = events[completed[0] : next(i for i in scheduled if i > completed[0])]
+    assert local_activities(first_task) == [ASK, SUBMIT]
+    assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+
+
+def local_activities(events: list[Any]) -> list[str]:
+    """The activities run as local activities (quick steps) in these events, by name."""
+    names = []
+    for event in events:
+        marker = event.marker_recorded_event_attributes
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and marker.marker_name == "core_local_activity":
+            names.append(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
+    return names
 
 
 async def test_cancel_while_queued_terminates_with_cancelled(client: Client, emulator: EmulatorServer) -> None:
@@ -320,29 +354,39 @@ async def test_jobs_that_ask_by_signal_all_start(
             handles = await asyncio.gather(*(start_job(client, job, task_queue) for job in burst))
             for handle in handles:
                 await wait_state(handle, JobState.STARTED)
-            attempts = [await ask_attempt(handle) for handle in handles]
+            asks = [await how_asked(handle) for handle in handles]
             by_signal = await asked_by_signal(client.get_workflow_handle("deployment-target-dataflow-by-signal"))
             for handle in handles:
                 await handle.signal("cancel", {})
             ended = [await result(handle) for handle in handles]
     finally:
         await activities.close()
-    assert attempts == [1] * len(burst)  # no ask failed and waited for its retry
+    assert asks == [["quick"]] * len(burst)  # each asked once, in its first workflow task: none failed and retried
     assert by_signal == {job.metadata.id for job in burst}
     assert [job.status.state for job in ended if job.status] == [JobState.TERMINATED] * len(burst)
     ours = [j for j in emulator.model.jobs.values() if j.labels.get("jobctl-job-id") in {b.metadata.id for b in burst}]
     assert sorted(j.state.name for j in ours) == ["JOB_STATE_CANCELLED"] * len(burst)  # each launched once
 
 
-async def ask_attempt(handle: WorkflowHandle) -> int:
-    """The attempt on which the Job's ask to its Deployment Target succeeded (the web UI shows each retry)."""
+async def how_asked(handle: WorkflowHandle) -> list[str]:
+    """How the Job asked its Deployment Target, as the web UI shows it: "quick" for the quick attempt (a local
+    activity), "attempt N" for the regular activity's attempt that succeeded (after a failed quick attempt)."""
+    asks: list[str] = []
     asking = False
     async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity" and "data" in marker.details:
+                if json.loads(marker.details["data"].payloads[0].data)["activity_type"] == ASK:
+                    asks.append("quick")
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             asking = event.activity_task_scheduled_event_attributes.activity_type.name == ASK
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and asking:
-            return event.activity_task_started_event_attributes.attempt
-    raise AssertionError(f"Job {handle.id} never asked its Deployment Target")
+            asks.append(f"attempt {event.activity_task_started_event_attributes.attempt}")
+            asking = False
+    if not asks:
+        raise AssertionError(f"Job {handle.id} never asked its Deployment Target")
+    return asks
 
 
 async def asked_by_signal(ledger: WorkflowHandle) -> set[str]:

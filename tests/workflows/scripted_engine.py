@@ -67,6 +67,7 @@ class ScriptedEngine:
         self.calls: dict[str, list[object]] = defaultdict(list)
         self.has_capacity = True
         self.submit_fails_after_creating = 0  # attempts that create the job, then fail (lost answer)
+        self.ask_fails_after_asking = 0  # asks that reach the ledger, then fail (lost answer)
         self.drain_completes = True
         self.suspend_completes = True
         self.updates_in_place = False  # SUSPEND replaces in place, like Dataflow
@@ -148,6 +149,9 @@ class ScriptedEngine:
             start_signal="ask",
             start_signal_args=[ask],
         )
+        if self.ask_fails_after_asking > 0:
+            self.ask_fails_after_asking -= 1
+            raise RuntimeError("connection reset while reading the ledger's answer")
         return AskReceipt(ledger_workflow_id=ledger_id, resources=ask.resources)
 
     def capacity_of(self) -> dict[str, int]:

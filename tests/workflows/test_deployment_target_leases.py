@@ -175,6 +175,27 @@ async def test_an_in_place_update_on_a_full_target_does_not_deadlock(harness: Ha
     await wait_state(successor, JobState.TERMINATED)
 
 
+async def test_a_quick_ask_that_fails_is_asked_again_and_leases_once(harness: Harness) -> None:
+    """The ask for resources is a quick step (a local activity in the Job's first workflow task). When its
+    answer is lost after the ledger queued the Job, the regular activity asks again: the Job starts, holds
+    one lease, and the ledger queued it once."""
+    harness.engine.ask_fails_after_asking = 1
+    job = new_job(parallelism=3)
+    handle = await started(harness, job)
+    assert [request.job_id for request in harness.engine.calls["ask"]] == [job.metadata.id] * 2
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert scheduled.count(engine_names.ASK) == 1  # the regular activity, after the failed quick attempt
+    _, ledger = await ledger_of(harness, handle)
+    assert [lease.resources for lease in ledger.leases.values()] == [{"slots": 3}]
+    assert not ledger.queue
+    await handle.signal("cancel", {})
+    await wait_state(handle, JobState.TERMINATED)
+
+
 @activity.defn(name=engine_names.TELL_LEDGER)
 async def tell_ledger_fails(message: LedgerMessage) -> None:
     raise RuntimeError(f"connection reset while telling {message.ledger_workflow_id}")
