@@ -318,19 +318,21 @@ class JobWorkflow:
             takes_over=self._status.links.predecessor_job_id,
         )
         summary = f"queue on Deployment Target {spec.deployment_target_name}"
+        timeout = timedelta(seconds=20)
         if self._generation >= QUICK_ASK_GENERATION:
             # A quick step: the ledger mostly answers within a fraction of a second, and a grant lets the Job
             # submit in this same workflow task. The Job's task stays open while the ledger answers (the SDK
-            # keeps it alive past its timeout); a request that comes meanwhile is taken when the ask returns.
-            # Asking twice (the regular activity after a failed quick attempt) queues the Job once.
-            task = self._step(engine.ASK, ask, result_type=AskReceipt, timeout=timedelta(seconds=20), summary=summary)
+            # keeps it alive past its timeout); a request that comes meanwhile is taken when the ask returns or
+            # the SDK renews the task. Asking twice (the regular activity after a failed quick attempt) queues
+            # the Job once.
+            task = self._step(engine.ASK, ask, result_type=AskReceipt, timeout=timeout, summary=summary)
         else:
             # Generations before 4: a regular activity (a workflow task of its own, and an activity task).
             task = workflow.start_activity(
                 engine.ASK,
                 ask,
                 result_type=AskReceipt,
-                start_to_close_timeout=timedelta(seconds=20),
+                start_to_close_timeout=timeout,
                 retry_policy=_RETRY_FOREVER,
                 summary=summary,
             )

@@ -47,6 +47,7 @@ from jobctl.models import Job
 from jobctl.temporal_server import TemporalDevServer, free_port
 from tests.fuzz.profile import fuzz
 from tests.fuzz.strategies import jobs, mutated, related, unrelated_errors
+from tests.history import local_activity_type
 
 TASK_QUEUE = "jobctl-fuzz"
 NO_WORKER = "jobctl-fuzz-no-worker"  # start_job cases: only the start itself is under test
@@ -108,10 +109,8 @@ def scheduled_activities(events: list[Any]) -> list[str]:
     for event in events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             names.append(event.activity_task_scheduled_event_attributes.activity_type.name)
-        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            marker = event.marker_recorded_event_attributes
-            if marker.marker_name == "core_local_activity":
-                names.append(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
+        elif (local := local_activity_type(event)) is not None:
+            names.append(local)
     return names
 
 

@@ -27,7 +27,7 @@ from jobctl.states import JobState
 from jobctl.targets import DeploymentTargets
 from jobctl.temporal_server import TemporalDevServer, free_port
 from tests import jobs
-from tests.history import record
+from tests.history import local_activity_type, record
 from tests.integration.conftest import EMULATOR_TIMINGS
 from tests.jobs import BATCH, STREAMING
 from tests.waiting import asked_for_resources, poll, wait_for, wait_state
@@ -143,18 +143,8 @@ async def test_a_job_granted_at_once_asks_and_submits_in_its_first_workflow_task
     completed = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
     scheduled = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED]
     first_task = events[completed[0] : next(i for i in scheduled if i > completed[0])]
-    assert local_activities(first_task) == [ASK, SUBMIT]
+    assert [name for e in first_task if (name := local_activity_type(e))] == [ASK, SUBMIT]
     assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-
-
-def local_activities(events: list[Any]) -> list[str]:
-    """The activities run as local activities (quick steps) in these events, by name."""
-    names = []
-    for event in events:
-        marker = event.marker_recorded_event_attributes
-        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and marker.marker_name == "core_local_activity":
-            names.append(json.loads(marker.details["data"].payloads[0].data)["activity_type"])
-    return names
 
 
 async def test_cancel_while_queued_terminates_with_cancelled(client: Client, emulator: EmulatorServer) -> None:
@@ -374,11 +364,8 @@ async def how_asked(handle: WorkflowHandle) -> list[str]:
     asks: list[str] = []
     asking = False
     async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            marker = event.marker_recorded_event_attributes
-            if marker.marker_name == "core_local_activity" and "data" in marker.details:
-                if json.loads(marker.details["data"].payloads[0].data)["activity_type"] == ASK:
-                    asks.append("quick")
+        if local_activity_type(event) == ASK:
+            asks.append("quick")
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             asking = event.activity_task_scheduled_event_attributes.activity_type.name == ASK
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and asking:
