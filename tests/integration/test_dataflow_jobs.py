@@ -161,6 +161,28 @@ async def test_cancel_while_queued_terminates_with_cancelled(client: Client, emu
     assert any("JOB_STATE_CANCELLED" in m for m in events(final.status, "STATE_CHANGED")), final.status.events
 
 
+async def test_cancel_by_update_of_a_queued_job_is_answered_before_the_job_ends(
+    client: Client, emulator: EmulatorServer
+) -> None:
+    """A QUEUED Dataflow job ends CANCELLED at once. The Job answers the cancel in one workflow task and ends in
+    the next: a task that closes the workflow is refused if the watcher's push comes meanwhile, and Temporal then
+    drops an update accepted in it (the caller's cancel failed, and the Job said nobody asked to stop it)."""
+    job = dataflow_job("queued-update", {**STREAMING, "jobctl-emulator-queued-seconds": "3600"})
+    handle = await start(client, job)
+    status = await wait_for(
+        handle, lambda s: bool(s.starting_message and "JOB_STATE_QUEUED" in s.starting_message), "QUEUED"
+    )
+    answer = await handle.execute_update("cancel", {"reason": "integration test"}, result_type=RequestAnswer)
+    assert answer.accepted
+    final = await result(handle)
+    assert final.status and final.status.state is JobState.TERMINATED, final.status
+    assert emulator.model.jobs[status.engine_job_id].state.name == "JOB_STATE_CANCELLED"  # type: ignore[index]
+    assert not events(final.status, "ENGINE_JOB_STOPPING"), final.status.events  # jobctl asked, and knows it
+    kinds = [event.event_type async for event in handle.fetch_history_events()]
+    after_answer = kinds[kinds.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) :]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in after_answer  # the Job ended in a later task
+
+
 async def test_batch_job_finishes(client: Client, emulator: EmulatorServer) -> None:
     job = dataflow_job("batch", {**BATCH, "jobctl-emulator-run-seconds": "1"})
     handle = await start(client, job)
